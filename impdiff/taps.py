@@ -1,0 +1,106 @@
+"""Canonical activation taps: the stable names every runtime's activations are mapped to.
+
+A tap is identified by `(name, layer)`; `layer` is -1 for taps outside the layer stack. Names
+follow llama.cpp's graph names where llama.cpp names the tensor, so a user who has read a
+llama.cpp log recognises them. Every tap has one canonical layout:
+
+- `hidden`: `[position, n_embd]`
+- `heads`:  `[position, head, head_dim]`
+- `flat`:   `[position, features]` (merged heads, FFN width, vocabulary)
+
+The order below is the order of computation inside a layer; localisation walks it to find the
+first tap that diverges.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+GLOBAL_LAYER = -1
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    name: str
+    layout: str  # "hidden" | "heads" | "flat"
+    per_layer: bool
+    doc: str
+
+
+TAP_SPECS: tuple[TapSpec, ...] = (
+    TapSpec("inp_embd", "hidden", False, "token embedding rows"),
+    TapSpec("inp_scaled", "hidden", False, "embedding times sqrt(n_embd) (Gemma)"),
+    TapSpec("attn_norm", "hidden", True, "RMS norm before attention"),
+    TapSpec("Qcur", "heads", True, "Q projection, before q-norm and rope"),
+    TapSpec("Kcur", "heads", True, "K projection, before k-norm and rope"),
+    TapSpec("Vcur", "heads", True, "V projection"),
+    TapSpec("Qcur_normed", "heads", True, "Q after per-head RMS norm (qwen3, gemma)"),
+    TapSpec("Kcur_normed", "heads", True, "K after per-head RMS norm (qwen3, gemma)"),
+    TapSpec("Qcur_pos", "heads", True, "Q after rope"),
+    TapSpec("Kcur_pos", "heads", True, "K after rope"),
+    TapSpec("kqv", "heads", True, "attention result per head (softmax(QK^T)V)"),
+    TapSpec("kqv_out", "flat", True, "attention result with heads merged"),
+    TapSpec("attn_out", "hidden", True, "attention output projection"),
+    TapSpec("attn_post_norm", "hidden", True, "RMS norm after attention (gemma)"),
+    TapSpec("ffn_inp", "hidden", True, "residual stream after attention (llama.cpp: sa_out/ffn_inp)"),
+    TapSpec("ffn_norm", "hidden", True, "RMS norm before the FFN"),
+    TapSpec("ffn_gate", "flat", True, "FFN gate projection"),
+    TapSpec("ffn_up", "flat", True, "FFN up projection"),
+    TapSpec("ffn_act", "flat", True, "activation(gate) * up (llama.cpp: ffn_swiglu/ffn_geglu)"),
+    TapSpec("ffn_out", "hidden", True, "FFN down projection"),
+    TapSpec("ffn_post_norm", "hidden", True, "RMS norm after the FFN (gemma)"),
+    TapSpec("l_out", "hidden", True, "layer output (residual stream)"),
+    TapSpec("result_norm", "hidden", False, "final RMS norm"),
+    TapSpec("result_output", "flat", False, "logits"),
+)
+
+TAPS: dict[str, TapSpec] = {t.name: t for t in TAP_SPECS}
+TAP_ORDER: dict[str, int] = {t.name: i for i, t in enumerate(TAP_SPECS)}
+
+
+@dataclass(frozen=True)
+class TapSelection:
+    """Which taps to capture. `None` means all names / all layers."""
+
+    names: frozenset[str] | None = None
+    layers: frozenset[int] | None = None
+
+    def wants(self, name: str, layer: int) -> bool:
+        if self.names is not None and name not in self.names:
+            return False
+        if layer == GLOBAL_LAYER or self.layers is None:
+            return True
+        return layer in self.layers
+
+    @classmethod
+    def parse(cls, names: str | None = None, layers: str | None = None) -> "TapSelection":
+        """Parse CLI forms: names 'l_out,kqv_out'; layers '4-8', '0,5,11', '3-'."""
+        name_set = None
+        if names:
+            name_set = frozenset(n.strip() for n in names.split(",") if n.strip())
+            unknown = sorted(name_set - TAPS.keys())
+            if unknown:
+                raise ValueError(
+                    f"--taps: unknown tap(s) {', '.join(unknown)}; known: {', '.join(TAPS)}"
+                )
+        layer_set = frozenset(parse_layer_ranges(layers)) if layers else None
+        return cls(name_set, layer_set)
+
+
+def parse_layer_ranges(text: str, n_layers: int = 10_000) -> Iterable[int]:
+    """'4-8' -> 4..8, '0,5,11' -> those, '3-' -> 3..n_layers-1."""
+    out: list[int] = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            if "-" in part:
+                lo, hi = part.split("-", 1)
+                out.extend(range(int(lo), (int(hi) if hi else n_layers - 1) + 1))
+            else:
+                out.append(int(part))
+        except ValueError:
+            raise ValueError(f"--layers: '{part}' is not a layer number or range like 4-8") from None
+    return out

@@ -1,0 +1,1 @@
+"""Fast kernels for the engine, each checked against the engine's plain torch reference."""
