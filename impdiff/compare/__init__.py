@@ -1,0 +1,1 @@
+"""Comparison of aligned taps: metrics, then localisation of the first divergence."""

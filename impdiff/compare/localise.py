@@ -1,0 +1,130 @@
+"""From per-position metrics to a verdict: noise floor, first divergent (layer, tap), positions.
+
+Two runtimes never agree exactly: llama.cpp quantises activations for its quantised matmuls,
+keeps the KV cache in F16 and sums in another order. That noise is estimated from the run
+itself, per tap: the floor is a low quantile over layers of the per-layer median error, i.e.
+the error that the cleanest part of the network shows. A (layer, tap) diverges when enough of
+its positions rise clearly above its floor; the first one in computation order is the culprit.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from ..taps import GLOBAL_LAYER, TAP_ORDER
+
+METRIC = "rel_l2"
+
+
+@dataclass(frozen=True)
+class LocaliseParams:
+    floor_quantile: float = 0.25  # over layers: robust while a quarter of the layers is clean
+    factor: float = 8.0  # a position diverges above factor x floor ...
+    min_error: float = 0.05  # ... and above this relative L2 error, whatever the floor
+    max_floor: float = 0.05  # a floor above this means the whole run is off, not noisy
+    min_positions: int = 2  # a (layer, tap) diverges when at least this many positions do ...
+    min_fraction: float = 0.01  # ... and at least this fraction of its positions
+
+
+@dataclass
+class Verdict:
+    diverged: bool
+    layer: int | None = None
+    tap: str | None = None
+    layer_kind: str = ""
+    positions: list[int] = field(default_factory=list)
+    positions_text: str = ""
+    error: float = 0.0  # median error over the divergent positions
+    threshold: float = 0.0
+    n_positions: int = 0
+    substitution: str = ""  # "local" | "carried in" | "" (not run)
+    substitution_detail: str = ""
+
+    def sentence(self, a: str = "engine", b: str = "llama.cpp") -> str:
+        if not self.diverged:
+            return f"{a} agrees with {b}: no tap rises above its noise floor"
+        where = "before the first layer" if self.layer == GLOBAL_LAYER else (
+            f"at layer {self.layer}" + (f" ({self.layer_kind})" if self.layer_kind else ""))
+        s = (f"{a} diverges from {b} {where}, `{self.tap}`, {self.positions_text} "
+             f"(rel. L2 {self.error:.3g} vs threshold {self.threshold:.3g})")
+        if self.substitution:
+            s += f"; {self.substitution}"
+        return s
+
+
+def order_key(tap: str, layer: int, n_layer: int) -> tuple[int, int]:
+    """Computation order: globals before layer 0 (embeddings) or after the last (output)."""
+    if layer == GLOBAL_LAYER:
+        layer = n_layer if tap.startswith("result") else -1
+    return layer, TAP_ORDER.get(tap, 999)
+
+
+def noise_floor(taps: pd.DataFrame, params: LocaliseParams = LocaliseParams()) -> pd.Series:
+    """Per tap name: the floor of its relative error (see module doc)."""
+    per_layer = taps.groupby(["tap", "layer"])[METRIC].median()
+    floor = per_layer.groupby(level="tap").quantile(params.floor_quantile)
+    return floor.clip(upper=params.max_floor)
+
+
+def thresholds(floor: pd.Series, params: LocaliseParams) -> pd.Series:
+    return np.maximum(floor * params.factor, params.min_error)
+
+
+def describe_positions(positions: list[int], total: list[int] | None = None) -> str:
+    """'positions ≥ 512' when they are all positions from some point on, else ranges."""
+    if not positions:
+        return "no positions"
+    ps = sorted(positions)
+    if total is not None:
+        tail = [p for p in sorted(total) if p >= ps[0]]
+        if len(ps) >= 0.95 * len(tail) and len(ps) > 1:
+            return f"positions ≥ {ps[0]}" if ps[0] > min(total) else "all positions"
+    ranges, lo, prev = [], ps[0], ps[0]
+    for p in ps[1:] + [None]:
+        if p is not None and p == prev + 1:
+            prev = p
+            continue
+        ranges.append(f"{lo}" if lo == prev else f"{lo}-{prev}")
+        if p is not None:
+            lo = prev = p
+    shown = ", ".join(ranges[:6]) + (f", … ({len(ranges) - 6} more ranges)" if len(ranges) > 6
+                                      else "")
+    return f"position{'s' if len(ps) > 1 else ''} {shown}"
+
+
+def localise(taps: pd.DataFrame, n_layer: int, layer_kinds: dict[int, str] | None = None,
+             params: LocaliseParams = LocaliseParams()) -> tuple[Verdict, pd.DataFrame]:
+    """The verdict and a per-(layer, tap) summary table ranked in computation order."""
+    floor = noise_floor(taps, params)
+    limit = thresholds(floor, params)
+    df = taps.assign(threshold=taps["tap"].map(limit))
+    df["above"] = df[METRIC] > df["threshold"]
+    summary = df.groupby(["layer", "tap"]).agg(
+        median=(METRIC, "median"), p99=(METRIC, lambda s: s.quantile(0.99)),
+        max=(METRIC, "max"), cos_min=("cos", "min"), n_above=("above", "sum"),
+        n=("above", "size"), threshold=("threshold", "first")).reset_index()
+    summary["floor"] = summary["tap"].map(floor)
+    summary["diverged"] = (summary["n_above"] >= params.min_positions) & (
+        summary["n_above"] >= params.min_fraction * summary["n"])
+    summary["order"] = [order_key(t, l, n_layer) for t, l in zip(summary.tap, summary.layer)]
+    summary = summary.sort_values("order").drop(columns="order").reset_index(drop=True)
+
+    hits = summary[summary["diverged"]]
+    if hits.empty:
+        return Verdict(False), summary
+    first = hits.iloc[0]
+    rows = df[(df.layer == first.layer) & (df.tap == first.tap)]
+    bad = rows[rows.above]
+    positions = bad.position.astype(int).tolist()
+    layer = int(first.layer)
+    return Verdict(
+        diverged=True, layer=layer, tap=str(first.tap),
+        layer_kind=(layer_kinds or {}).get(layer, ""),
+        positions=positions,
+        positions_text=describe_positions(positions, rows.position.astype(int).tolist()),
+        error=float(bad[METRIC].median()), threshold=float(first.threshold),
+        n_positions=len(positions),
+    ), summary

