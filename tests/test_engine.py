@@ -133,12 +133,11 @@ def test_missing_tensor_names_it(synth_model, tmp_path):
     w = gguf.GGUFWriter(str(path), "llama")
     for key, value in src.metadata.items():
         if key.startswith("llama."):
-            field = src._reader.fields[key]
-            w.add_key_value(key, value, field.types[0])
+            w.add_key_value(key, value, gguf.GGUFValueType(src.value_types[key]))
     w.add_tokenizer_model("none")
     for name, t in src.tensors.items():
         if name != "blk.1.ffn_up.weight":
-            w.add_tensor(name, np.array(t.data).reshape(t.shape))
+            w.add_tensor(name, np.array(t.data).view(np.float32).reshape(t.shape))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     with pytest.raises(ModelLoadError, match="blk.1.ffn_up.weight' is missing"):
         load_gguf_model(path, "cpu")

