@@ -156,6 +156,134 @@ def diff(
     raise typer.Exit(EXIT_DIVERGED if outcome.diverged else 0)
 
 
+def _print_bracket(outcome) -> None:
+    from rich.table import Table
+
+    from .report_text import print_diff
+
+    c = outcome.config
+    lengths = sorted({r.length for r in outcome.results})
+    table = Table(title="sentinel recall (✓ recalled, ✗ missed)")
+    table.add_column("tokens", justify="right")
+    table.add_column("phase")
+    for name in c.runtimes:
+        table.add_column(name, justify="center")
+    for n in lengths:
+        marks = []
+        for name in c.runtimes:
+            p = outcome.passed(name, n)
+            marks.append("" if p is None else ("[green]✓[/green]" if p else "[red]✗[/red]"))
+        phase = "sweep" if n in c.sweep else "bisect"
+        table.add_row(str(n), phase, *marks)
+    console.print(table)
+    style = "bold red" if outcome.boundary else "bold green"
+    console.print(f"[{style}]{outcome.summary_line()}[/{style}]", highlight=False)
+    if outcome.diff is not None:
+        console.print(f"layer diff at {outcome.boundary['first_fail']} tokens:")
+        print_diff(console, outcome.diff, top=8)
+    s = outcome.seconds
+    console.print(f"[dim]wall {s['total']} s; recall checks: "
+                  + ", ".join(f"{k[7:]} {v} s" for k, v in s.items() if k.startswith("recall_"))
+                  + "[/dim]", highlight=False)
+
+
+@app.command()
+def bracket(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    sweep: str = typer.Option("128..2048", "--sweep", help="LO..HI, LO..HI:STEP or 512,1024"),
+    runtimes: str = typer.Option("engine,llamacpp", "--runtimes"),
+    depth: float = typer.Option(0.5, "--depth", help="where the sentinel sits (0..1)"),
+    max_tokens: int = typer.Option(12, "--max-tokens"),
+    inject: Optional[str] = typer.Option(None, "--inject", help="engine fault(s) to inject"),
+    corpus: str = typer.Option("towns", "--corpus"),
+    form: str = typer.Option("code", "--sentinel", help="code, passphrase or city"),
+    resolution: int = typer.Option(32, "--resolution", help="bisect to this many tokens"),
+    seed: int = typer.Option(0, "--seed"),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat",
+                                        help="chat template (default: for instruct models)"),
+    diff_at_boundary: bool = typer.Option(True, "--diff/--no-diff"),
+    device: str = typer.Option("cpu", "--device"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (resumes if it "
+                                       "exists); default runs/bracket-<time>"),
+) -> None:
+    """Sentinel recall across lengths; bisect where the engine fails and llama.cpp passes."""
+    from .bracket import BracketConfig, parse_sweep, run_bracket
+    from .corpora import CORPORA
+    from .real_models import is_instruct, resolve_model
+
+    path = resolve_model(model)
+    if corpus not in CORPORA:
+        raise UsageError(f"--corpus '{corpus}' unknown (built in: {', '.join(CORPORA)})")
+    config = BracketConfig(
+        model=model or "gemma3-270m", sweep=tuple(parse_sweep(sweep)),
+        runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()), depth=depth,
+        max_tokens=max_tokens, inject=inject or "", corpus=corpus, form=form, seed=seed,
+        resolution=resolution, chat=is_instruct(path) if chat is None else chat,
+        device=device, diff=diff_at_boundary)
+    out_dir = out or Path("runs") / time.strftime("bracket-%Y%m%d-%H%M%S")
+    with _progress() as progress:
+        task = progress.add_task("bracket", total=None)
+        outcome = run_bracket(config, path, out_dir, " ".join(sys.argv),
+                              on_progress=lambda s: progress.update(task, description=s),
+                              on_chunk=lambda done, total: progress.update(
+                                  task, completed=done, total=total))
+    _print_bracket(outcome)
+    console.print(f"[dim]run directory: {out_dir}/[/dim]")
+    raise typer.Exit(EXIT_DIVERGED if outcome.engine_regressed else 0)
+
+
+@app.command()
+def gate(
+    recipe: Path = typer.Argument(..., help="recipes/*.yaml"),
+    baseline: Optional[Path] = typer.Option(None, "--baseline", help="default: the recipe's"),
+    update_baseline: bool = typer.Option(False, "--update-baseline",
+                                         help="write this run as the new baseline"),
+    inject: Optional[str] = typer.Option(None, "--inject", help="override the recipe's fault"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory"),
+    junit: Optional[Path] = typer.Option(None, "--junit", help="JUnit XML (default in the run "
+                                                                "directory)"),
+    summary: Optional[Path] = typer.Option(None, "--summary", help="markdown summary "
+                                           "(default in the run directory)"),
+) -> None:
+    """Run a recipe and compare with its baseline: exit 0 pass, 1 regression, 2 usage."""
+    import dataclasses
+    import json
+
+    from .bracket import run_bracket
+    from .gate import baseline_of, compare, junit_xml, load_baseline, markdown_summary
+    from .real_models import resolve_model
+    from .recipes import load_recipe
+
+    r = load_recipe(recipe)
+    config = r.config if inject is None else dataclasses.replace(r.config, inject=inject)
+    baseline_path = baseline or r.baseline
+    if baseline_path is None:
+        raise UsageError(f"{recipe}: no 'baseline' key and no --baseline given")
+    base = None if update_baseline else load_baseline(baseline_path)
+    path = resolve_model(config.model)
+    out_dir = out or Path("runs") / time.strftime(f"gate-{r.name}-%Y%m%d-%H%M%S")
+    with _progress() as progress:
+        task = progress.add_task("gate", total=None)
+        outcome = run_bracket(config, path, out_dir, " ".join(sys.argv),
+                              on_progress=lambda s: progress.update(task, description=s),
+                              on_chunk=lambda done, total: progress.update(
+                                  task, completed=done, total=total))
+    _print_bracket(outcome)
+    if update_baseline:
+        baseline_path.parent.mkdir(parents=True, exist_ok=True)
+        baseline_path.write_text(json.dumps(baseline_of(outcome, r.name), indent=2) + "\n")
+        console.print(f"baseline written: {baseline_path}")
+        raise typer.Exit(0)
+    result = compare(outcome, base, r.name)
+    (junit or out_dir / "junit.xml").write_text(junit_xml(result, outcome.seconds["total"]))
+    (summary or out_dir / "summary.md").write_text(markdown_summary(result, outcome))
+    for msg in result.regressions:
+        console.print(f"[bold red]regression:[/bold red] {msg}", highlight=False)
+    console.print("[bold green]gate passes[/bold green]" if result.passed
+                  else "[bold red]gate fails[/bold red]")
+    raise typer.Exit(0 if result.passed else EXIT_DIVERGED)
+
+
 def main() -> None:
     """Console entry point: map bad input to one line and exit code 2."""
     from .engine.errors import ModelLoadError
@@ -163,15 +291,14 @@ def main() -> None:
     try:
         app()
     except (UsageError, ModelLoadError) as exc:
-        err_console.print(f"impdiff: error: {exc}", markup=False, highlight=False)
+        print(f"impdiff: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:
-        err_console.print("impdiff: interrupted")
+        print("impdiff: interrupted", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except Exception as exc:  # an internal error still gets one line unless asked for more
         if os.environ.get("IMPDIFF_DEBUG"):
             raise
-        err_console.print(f"impdiff: internal error: {type(exc).__name__}: {exc} "
-                          "(set IMPDIFF_DEBUG=1 for the traceback)", markup=False,
-                          highlight=False)
+        print(f"impdiff: internal error: {type(exc).__name__}: {exc} "
+              "(set IMPDIFF_DEBUG=1 for the traceback)", file=sys.stderr)
         sys.exit(EXIT_USAGE)

@@ -54,6 +54,42 @@ def test_rules_arch_overrides_and_globals():
     assert not rules_for_arch("someday").known_arch
 
 
+def _ggml_bytes(x: np.ndarray, ne, nb):
+    """Bytes a ggml tensor with ne/nb starting at x's first byte would cover (ggml_nbytes)."""
+    n = x.itemsize + sum((a - 1) * b for a, b in zip(ne, nb))
+    return np.frombuffer(x.tobytes(), dtype=np.uint8)[:n].copy()
+
+
+def test_reading_strided_f16_bf16_tensors():
+    from impdiff.runtimes._llamacpp_worker import from_ggml_bytes, to_canonical
+
+    T, H, D = 3, 2, 4
+    X = np.arange(T * H * D, dtype=np.float32).reshape(T, H, D) / 7 - 1
+    read = lambda raw, t, ne, nb, dims, layout: to_canonical(from_ggml_bytes(raw, t, ne, nb), ne, dims, layout)
+    # contiguous [D, H, T] (flash attention result): heads layout as is
+    ne, nb = [D, H, T, 1], [4, 4 * D, 4 * D * H, 4 * D * H * T]
+    np.testing.assert_array_equal(read(_ggml_bytes(X, ne, nb), "f32", ne, nb, "DHT", "heads"), X)
+    # contiguous [D, T, H] (kq soft_max . V): memory is [H, T, D]
+    mem = np.ascontiguousarray(X.transpose(1, 0, 2))
+    ne, nb = [D, T, H, 1], [4, 4 * D, 4 * D * T, 4 * D * T * H]
+    np.testing.assert_array_equal(read(_ggml_bytes(mem, ne, nb), "f32", ne, nb, "DTH", "heads"), X)
+    # a permuted view over [T, H, D] memory with ne = [D, T, H]
+    ne, nb = [D, T, H, 1], [4, 4 * D * H, 4 * D, 4 * D * H * T]
+    np.testing.assert_array_equal(read(_ggml_bytes(X, ne, nb), "f32", ne, nb, "DTH", "heads"), X)
+    # a fused-QKV style view: Q heads out of rows of width 3*H*D (row stride > row size)
+    qkv = np.concatenate([X.reshape(T, -1), np.full((T, 2 * H * D), 99.0, np.float32)], axis=1)
+    ne, nb = [D, H, T, 1], [4, 4 * D, 4 * 3 * H * D, 4 * 3 * H * D * T]
+    np.testing.assert_array_equal(read(_ggml_bytes(qkv, ne, nb), "f32", ne, nb, "DHT", "heads"), X)
+    np.testing.assert_array_equal(read(_ggml_bytes(qkv, ne, nb), "f32", ne, nb, "DHT", "flat"), X.reshape(T, -1))
+    # f16 and bf16 element types
+    ne, nb = [D, H, T, 1], [2, 2 * D, 2 * D * H, 2 * D * H * T]
+    h = X.astype(np.float16)
+    np.testing.assert_array_equal(read(_ggml_bytes(h, ne, nb), "f16", ne, nb, "DHT", "heads"), h.astype(np.float32))
+    b = (X.view(np.uint32) >> 16).astype(np.uint16)
+    want = (X.view(np.uint32) & 0xFFFF0000).view(np.float32)
+    np.testing.assert_array_equal(read(_ggml_bytes(b, ne, nb), "bf16", ne, nb, "DHT", "heads"), want)
+
+
 # ---------------------------------------------------------------------------------------------
 # real models
 # ---------------------------------------------------------------------------------------------
@@ -324,3 +360,136 @@ def test_model_load_error_is_one_line(tmp_path):
     assert "\n" not in str(ei.value) and str(bad) in str(ei.value)
     with pytest.raises(ModelLoadError, match="no such model file"):
         LlamaCppRuntime(tmp_path / "missing.gguf")
+
+
+# ---------------------------------------------------------------------------------------------
+# a tiny synthetic qwen3 GGUF with F32 weights: every tap checked against numpy
+# ---------------------------------------------------------------------------------------------
+
+Q3 = dict(n_embd=64, n_head=4, n_kv=2, hd=32, n_ff=96, n_layer=2, n_vocab=256, eps=1e-6, base=10000.0)
+
+
+def _make_qwen3(path: Path) -> dict[str, np.ndarray]:
+    import gguf
+
+    c = Q3
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(str(path), "qwen3")
+    w.add_context_length(512)
+    w.add_embedding_length(c["n_embd"])
+    w.add_block_count(c["n_layer"])
+    w.add_feed_forward_length(c["n_ff"])
+    w.add_head_count(c["n_head"])
+    w.add_head_count_kv(c["n_kv"])
+    w.add_key_length(c["hd"])
+    w.add_value_length(c["hd"])
+    w.add_layer_norm_rms_eps(c["eps"])
+    w.add_rope_freq_base(c["base"])
+    w.add_tokenizer_model("none")
+    w.add_vocab_size(c["n_vocab"])
+    W = {}
+
+    def t(name, *shape, one=False):  # numpy [out, in] == ggml ne [in, out]
+        W[name] = ((1.0 if one else 0.0) + rng.standard_normal(shape) * (0.1 if one else 0.3)).astype(np.float32)
+        w.add_tensor(name, W[name])
+
+    E, H, KV, D, F = c["n_embd"], c["n_head"], c["n_kv"], c["hd"], c["n_ff"]
+    t("token_embd.weight", c["n_vocab"], E)
+    t("output_norm.weight", E, one=True)
+    t("output.weight", c["n_vocab"], E)
+    for i in range(c["n_layer"]):
+        b = f"blk.{i}."
+        t(b + "attn_norm.weight", E, one=True)
+        t(b + "attn_q.weight", H * D, E)
+        t(b + "attn_k.weight", KV * D, E)
+        t(b + "attn_v.weight", KV * D, E)
+        t(b + "attn_output.weight", E, H * D)
+        t(b + "attn_q_norm.weight", D, one=True)
+        t(b + "attn_k_norm.weight", D, one=True)
+        t(b + "ffn_norm.weight", E, one=True)
+        t(b + "ffn_gate.weight", F, E)
+        t(b + "ffn_up.weight", F, E)
+        t(b + "ffn_down.weight", E, F)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return W
+
+
+def _rms(x, w, eps=Q3["eps"]):
+    x = x.astype(np.float64)
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def _rope_neox(x, pos, base=Q3["base"]):  # x [T, h, D]; qwen3 uses the NEOX pairing (i, i+D/2)
+    D = x.shape[-1]
+    inv = base ** (-np.arange(0, D, 2, dtype=np.float64) / D)
+    ang = pos[:, None, None] * inv[None, None, :]
+    a, b = x[..., : D // 2], x[..., D // 2 :]
+    return np.concatenate([a * np.cos(ang) - b * np.sin(ang), a * np.sin(ang) + b * np.cos(ang)], -1)
+
+
+def _close(got, want, rtol, what):
+    err = float(np.max(np.abs(got - want)) / max(float(np.max(np.abs(want))), 1e-30))
+    assert err <= rtol, f"{what}: relative error {err:.3g} > {rtol}"
+
+
+@pytest.mark.slow
+def test_synthetic_qwen3_taps_match_numpy(tmp_path):
+    if not HAVE_LLAMA:
+        pytest.skip("llama-cpp-python not installed")
+    pytest.importorskip("gguf")
+    path = tmp_path / "tiny-qwen3.gguf"
+    W = _make_qwen3(path)
+    ids = [int(x) for x in np.random.default_rng(1).integers(0, Q3["n_vocab"], 12)]
+    with LlamaCppRuntime(path, taps=TapSelection(), n_ctx=64, n_ubatch=5, n_threads=THREADS) as rt:
+        assert rt.arch == "qwen3"
+        out = rt.eval(ids)
+    with LlamaCppRuntime(path, taps=TapSelection(), n_ctx=64, n_ubatch=64, n_threads=THREADS) as rt:
+        single = rt.eval(ids)
+    taps = out.taps
+    assert {n for n, _ in taps} == EXPECTED["llama"] | {"Qcur_normed", "Kcur_normed"}
+    for k, a in taps.items():
+        assert _rel_err(a, single.taps[k]) <= STITCH_RTOL, k
+
+    T, H, KV, D = len(ids), Q3["n_head"], Q3["n_kv"], Q3["hd"]
+    pos = np.arange(T, dtype=np.float64)
+    np.testing.assert_array_equal(taps[("inp_embd", -1)], W["token_embd.weight"][ids])
+    x = taps[("inp_embd", -1)]
+    # each tap is checked from the previous tap (not from our own chain), so errors don't pile
+    # up: F32 matmuls agree to ~1e-6; attention reads an F16 KV cache (and flash attention
+    # rounds Q and the V accumulation to F16): 5e-3
+    for L in range(Q3["n_layer"]):
+        b = f"blk.{L}."
+        g = lambda n: taps[(n, L)].astype(np.float64)
+        _close(g("attn_norm"), _rms(x, W[b + "attn_norm.weight"]), 1e-5, f"attn_norm {L}")
+        _close(g("Qcur"), (g("attn_norm") @ W[b + "attn_q.weight"].T).reshape(T, H, D), 1e-5, f"Qcur {L}")
+        _close(g("Kcur"), (g("attn_norm") @ W[b + "attn_k.weight"].T).reshape(T, KV, D), 1e-5, f"Kcur {L}")
+        _close(g("Vcur"), (g("attn_norm") @ W[b + "attn_v.weight"].T).reshape(T, KV, D), 1e-5, f"Vcur {L}")
+        _close(g("Qcur_normed"), _rms(g("Qcur"), W[b + "attn_q_norm.weight"]), 1e-5, f"Qcur_normed {L}")
+        _close(g("Kcur_normed"), _rms(g("Kcur"), W[b + "attn_k_norm.weight"]), 1e-5, f"Kcur_normed {L}")
+        _close(g("Qcur_pos"), _rope_neox(g("Qcur_normed"), pos), 1e-5, f"Qcur_pos {L}")
+        _close(g("Kcur_pos"), _rope_neox(g("Kcur_normed"), pos), 1e-5, f"Kcur_pos {L}")
+        q, k, v = g("Qcur_pos"), g("Kcur_pos"), g("Vcur")
+        k = np.repeat(k, H // KV, axis=1)  # GQA: head h reads kv head h // (H / KV)
+        v = np.repeat(v, H // KV, axis=1)
+        s = np.einsum("thd,uhd->htu", q, k) / np.sqrt(D) + np.triu(np.full((T, T), -np.inf), 1)
+        p = np.exp(s - s.max(-1, keepdims=True))
+        p /= p.sum(-1, keepdims=True)
+        _close(g("kqv"), np.einsum("htu,uhd->thd", p, v), 5e-3, f"kqv {L}")
+        np.testing.assert_array_equal(taps[("kqv_out", L)], taps[("kqv", L)].reshape(T, -1))
+        _close(g("attn_out"), g("kqv_out") @ W[b + "attn_output.weight"].T, 1e-5, f"attn_out {L}")
+        _close(g("ffn_norm"), _rms(g("ffn_inp"), W[b + "ffn_norm.weight"]), 1e-5, f"ffn_norm {L}")
+        _close(g("ffn_gate"), g("ffn_norm") @ W[b + "ffn_gate.weight"].T, 1e-5, f"ffn_gate {L}")
+        _close(g("ffn_up"), g("ffn_norm") @ W[b + "ffn_up.weight"].T, 1e-5, f"ffn_up {L}")
+        gate = g("ffn_gate")
+        _close(g("ffn_act"), gate / (1 + np.exp(-gate)) * g("ffn_up"), 1e-5, f"ffn_act {L}")
+        _close(g("ffn_out"), g("ffn_act") @ W[b + "ffn_down.weight"].T, 1e-5, f"ffn_out {L}")
+        np.testing.assert_array_equal(taps[("ffn_inp", L)], taps[("attn_out", L)] + x)
+        np.testing.assert_array_equal(taps[("l_out", L)], taps[("ffn_out", L)] + taps[("ffn_inp", L)])
+        x = taps[("l_out", L)]
+    rn = taps[("result_norm", -1)].astype(np.float64)
+    _close(rn, _rms(x, W["output_norm.weight"]), 1e-5, "result_norm")
+    _close(out.logits, rn @ W["output.weight"].T, 1e-5, "logits")
+    np.testing.assert_array_equal(taps[("result_output", -1)], out.logits)

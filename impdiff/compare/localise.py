@@ -12,6 +12,7 @@ positions rise clearly above its floor; the first one in computation order is th
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 import pandas as pd
@@ -63,8 +64,11 @@ def order_key(tap: str, layer: int, n_layer: int) -> tuple[int, int]:
     return layer, TAP_ORDER.get(tap, 999)
 
 
-def noise_floor(taps: pd.DataFrame, params: LocaliseParams = LocaliseParams()) -> pd.Series:
-    """Per tap name: the floor of its relative error (see module doc)."""
+def noise_floor(taps: pd.DataFrame, params: LocaliseParams = LocaliseParams(),
+                layers: Iterable[int] | None = None) -> pd.Series:
+    """Per tap name: the floor of its relative error (see module doc), over `layers` if given."""
+    if layers is not None:
+        taps = taps[taps.layer.isin(list(layers))]
     per_layer = taps.groupby(["tap", "layer"])[METRIC].median()
     floor = per_layer.groupby(level="tap").median()
     return floor.clip(upper=params.max_floor)
@@ -75,14 +79,21 @@ def thresholds(floor: pd.Series, params: LocaliseParams) -> pd.Series:
 
 
 def describe_positions(positions: list[int], total: list[int] | None = None) -> str:
-    """'positions ≥ 512' when they are all positions from some point on, else ranges."""
+    """'positions ≥ 512' when they fill the tail from some point on, else ranges.
+
+    A window bug shows at most positions past the window but not all (a few tokens attend
+    mostly nearby anyway), so "most of the tail" still reads as a tail.
+    """
     if not positions:
         return "no positions"
     ps = sorted(positions)
-    if total is not None:
-        tail = [p for p in sorted(total) if p >= ps[0]]
-        if len(ps) >= 0.95 * len(tail) and len(ps) > 1:
-            return f"positions ≥ {ps[0]}" if ps[0] > min(total) else "all positions"
+    if total is not None and len(ps) > 1:
+        tail = [p for p in total if p >= ps[0]]
+        if ps[0] == min(total) and len(ps) >= 0.95 * len(total):
+            return "all positions"
+        if len(ps) >= 0.5 * len(tail):
+            coverage = "" if len(ps) == len(tail) else f" ({len(ps)} of the {len(tail)} from there)"
+            return f"positions ≥ {ps[0]}{coverage}"
     ranges, lo, prev = [], ps[0], ps[0]
     for p in ps[1:] + [None]:
         if p is not None and p == prev + 1:
@@ -96,12 +107,10 @@ def describe_positions(positions: list[int], total: list[int] | None = None) -> 
     return f"position{'s' if len(ps) > 1 else ''} {shown}"
 
 
-def localise(taps: pd.DataFrame, n_layer: int, layer_kinds: dict[int, str] | None = None,
-             params: LocaliseParams = LocaliseParams()) -> tuple[Verdict, pd.DataFrame]:
-    """The verdict and a per-(layer, tap) summary table ranked in computation order."""
-    floor = noise_floor(taps, params)
-    limit = thresholds(floor, params)
-    df = taps.assign(threshold=taps["tap"].map(limit))
+def summarise(taps: pd.DataFrame, floor: pd.Series, n_layer: int,
+              params: LocaliseParams) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Per-position `above` flags and the per-(layer, tap) table in computation order."""
+    df = taps.assign(threshold=taps["tap"].map(thresholds(floor, params)))
     df["above"] = df[METRIC] > df["threshold"]
     summary = df.groupby(["layer", "tap"]).agg(
         median=(METRIC, "median"), p99=(METRIC, lambda s: s.quantile(0.99)),
@@ -112,15 +121,38 @@ def localise(taps: pd.DataFrame, n_layer: int, layer_kinds: dict[int, str] | Non
         summary["n_above"] >= params.min_fraction * summary["n"])
     summary["order"] = [order_key(t, l, n_layer) for t, l in zip(summary.tap, summary.layer)]
     summary = summary.sort_values("order").drop(columns="order").reset_index(drop=True)
+    return df, summary
 
+
+def localise(taps: pd.DataFrame, n_layer: int, layer_kinds: dict[int, str] | None = None,
+             params: LocaliseParams = LocaliseParams()) -> tuple[Verdict, pd.DataFrame]:
+    """The verdict and a per-(layer, tap) summary table ranked in computation order.
+
+    A divergence pollutes every layer after it, and with it the median that the floor is: a
+    fault at layer 5 of 18 makes most layers noisy. So once the culprit layer is known, its
+    verdict (tap, positions, error) is re-read against the floor of the clean layers before
+    it; only taps up to the first culprit are reconsidered, so the lower floor cannot invent
+    a divergence earlier than the one the run showed.
+    """
+    df, summary = summarise(taps, noise_floor(taps, params), n_layer, params)
     hits = summary[summary["diverged"]]
     if hits.empty:
         return Verdict(False), summary
     first = hits.iloc[0]
+    layer = int(first.layer)
+    clean_layers = [l for l in sorted(taps.layer.unique()) if 0 <= l < layer]
+    if len(clean_layers) >= 2:
+        upto = order_key(first.tap, layer, n_layer)
+        at_layer = taps[(taps.layer == layer) & taps.tap.map(
+            lambda t: order_key(t, layer, n_layer) <= upto)]
+        r_df, r_summary = summarise(at_layer, noise_floor(taps, params, clean_layers), n_layer,
+                                    params)
+        r_hits = r_summary[r_summary["diverged"]]
+        if not r_hits.empty:
+            df, first = r_df, r_hits.iloc[0]
     rows = df[(df.layer == first.layer) & (df.tap == first.tap)]
     bad = rows[rows.above]
     positions = bad.position.astype(int).tolist()
-    layer = int(first.layer)
     return Verdict(
         diverged=True, layer=layer, tap=str(first.tap),
         layer_kind=(layer_kinds or {}).get(layer, ""),

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from impdiff.runtimes.llamacpp import classify, layer_hint, normalise_name, rules_for_arch
+from impdiff.runtimes.llamacpp import EXCHANGE_PREFIX, classify, layer_hint, normalise_name, rules_for_arch
 from impdiff.taps import TAPS, TapSelection
 
 GGML_MAX_DIMS = 4
@@ -160,6 +160,21 @@ def check_tensor_layout(ggml: ctypes.CDLL, header: Path | None) -> None:
         )
 
 
+ELEMENT_TYPES = {"f32": np.float32, "f16": np.float16, "bf16": np.uint16, "i32": np.int32}
+
+
+def from_ggml_bytes(raw: np.ndarray, tname: str, ne: list[int], nb: list[int]) -> np.ndarray:
+    """A tensor's bytes (ggml_nbytes of them, from its data pointer) as numpy with shape
+    reversed(ne) and strides reversed(nb): views, permutes and transposes come out right.
+    The result may alias `raw` (f32/f16/i32) or be a new float32 array (bf16)."""
+    shape = tuple(int(x) for x in reversed(ne))
+    strides = tuple(int(x) for x in reversed(nb))
+    arr = as_strided(raw.view(ELEMENT_TYPES[tname]), shape=shape, strides=strides)
+    if tname == "bf16":
+        arr = (arr.astype(np.uint32) << 16).view(np.float32)
+    return arr
+
+
 def to_canonical(arr: np.ndarray, ne: list[int], dims: str, layout: str) -> np.ndarray:
     """ggml-ordered array (numpy shape = reversed ne, 4-D) -> canonical [T, ...] float32."""
     n = len(dims)
@@ -190,6 +205,7 @@ class Worker:
         header = next((h for h in (pkg / "include" / "ggml.h", pkg.parent / "include" / "ggml.h") if h.is_file()), None)
         check_tensor_layout(self.ggml, header)
         self._op_names: dict[int, str] = {}
+        self._scratch = np.empty(1 << 20, dtype=np.uint8)
         self._type_names: dict[int, str] = {}
 
         L.llama_backend_init()
@@ -327,21 +343,14 @@ class Worker:
     def _read(self, ptr: int, T: GGMLTensor) -> np.ndarray:
         """The tensor as a numpy array of shape reversed(ne) (views, strides honoured)."""
         tname = self.type_name(T.type)
+        if tname not in ELEMENT_TYPES:
+            raise WorkerError(f"tensor '{T.name.decode()}' has type {tname}, which taps cannot read")
         nbytes = self.ggml.ggml_nbytes(ptr)
-        raw = np.empty(nbytes, dtype=np.uint8)
+        if self._scratch.nbytes < nbytes:  # reused: no fresh pages (and page faults) per tap
+            self._scratch = np.empty(max(nbytes, 2 * self._scratch.nbytes), dtype=np.uint8)
+        raw = self._scratch[:nbytes]
         self.ggml.ggml_backend_tensor_get(ptr, raw.ctypes.data, 0, nbytes)
-        shape = tuple(int(T.ne[i]) for i in reversed(range(GGML_MAX_DIMS)))
-        strides = tuple(int(T.nb[i]) for i in reversed(range(GGML_MAX_DIMS)))
-        if tname == "f32":
-            return as_strided(raw.view(np.float32), shape=shape, strides=strides)
-        if tname == "f16":
-            return as_strided(raw.view(np.float16), shape=shape, strides=strides)
-        if tname == "bf16":
-            u16 = as_strided(raw.view(np.uint16), shape=shape, strides=strides)
-            return (u16.astype(np.uint32) << 16).view(np.float32)
-        if tname == "i32":
-            return as_strided(raw.view(np.int32), shape=shape, strides=strides)
-        raise WorkerError(f"tensor '{T.name.decode()}' has type {tname}, which taps cannot read")
+        return from_ggml_bytes(raw, tname, list(T.ne), list(T.nb))
 
     def _write(self, arr: np.ndarray) -> int:
         off = self.out.tell()
@@ -388,21 +397,22 @@ class Worker:
     def _collect(self, t: int) -> None:
         rule, layer = self.pending.pop(t)
         T = GGMLTensor.from_address(t)
-        arr = to_canonical(self._read(t, T), list(T.ne), rule.dims, TAPS[rule.tap].layout)
         key = (rule.tap, layer)
         j = self.counts.get(key, 0)
         self.counts[key] = j + 1
         if j >= len(self.ubatches):
             raise WorkerError(f"tap {key} arrived more than once per ubatch: its rule is ambiguous for arch {self.arch}")
         p0, plen = self.ubatches[j]
-        if arr.shape[0] != plen:
-            raise WorkerError(f"tap {key}: {arr.shape[0]} rows, but ubatch {j} has {plen} tokens")
         if rule.op == "ROPE" and T.src[1]:
             # llama.cpp splits one sequence into consecutive ubatches (split_simple); the rope's
             # position input confirms the positions the rows are stitched at
             pos = self._read(T.src[1], GGMLTensor.from_address(T.src[1])).reshape(-1)[:plen]
             if not np.array_equal(pos, np.arange(p0, p0 + plen)):
                 raise WorkerError(f"tap {key}: ubatch {j} holds positions {pos[:4]}..., expected {p0}..")
+        # may alias the scratch buffer: written out before the next _read
+        arr = to_canonical(self._read(t, T), list(T.ne), rule.dims, TAPS[rule.tap].layout)
+        if arr.shape[0] != plen:
+            raise WorkerError(f"tap {key}: {arr.shape[0]} rows, but ubatch {j} has {plen} tokens")
         self.entries.setdefault(key, []).append((p0, self._write(arr), arr.shape))
 
     # -- requests -------------------------------------------------------------------------------
@@ -415,7 +425,7 @@ class Worker:
             return ("error", f"llama.cpp: {n} tokens at position {start} exceed n_ctx={self.n_ctx}", self.pos)
         self.seq += 1
         t_wall, t_cpu = time.perf_counter(), time.process_time()
-        path = os.path.join(self.exchange_dir, f"impdiff-llamacpp-{os.getpid()}-{self.seq}.bin")
+        path = os.path.join(self.exchange_dir, f"{EXCHANGE_PREFIX}{os.getpid()}-{self.seq}.bin")
         self.out = open(path, "wb")
         self.entries, self.unmapped, logits = {}, set(), []
         try:

@@ -47,8 +47,11 @@ class Runtime(abc.ABC):
     name: str = "runtime"
 
     @abc.abstractmethod
-    def eval(self, token_ids: Sequence[int]) -> ChunkOutput:
-        """Run `token_ids` after the tokens already evaluated; return logits and taps."""
+    def eval(self, token_ids: Sequence[int], last_only: bool = False) -> ChunkOutput:
+        """Run `token_ids` after the tokens already evaluated; return logits and taps.
+
+        With `last_only`, logits come for the last position only ([1, n_vocab]): generation
+        needs no more, and a 262k vocabulary over a long prompt would cost gigabytes."""
 
     @abc.abstractmethod
     def reset(self) -> None:

@@ -35,7 +35,7 @@ class EngineRuntime(Runtime):
     def close(self) -> None:
         pass
 
-    def eval(self, token_ids: Sequence[int],
+    def eval(self, token_ids: Sequence[int], last_only: bool = False,
              patches: dict[TapKey, np.ndarray] | None = None) -> ChunkOutput:
         """`patches` replaces activations: (tap, layer) -> array for this chunk's positions.
 
@@ -57,7 +57,7 @@ class EngineRuntime(Runtime):
 
         need_tap = selection is not None or bool(patches)
         try:
-            logits = session.eval(token_ids, tap if need_tap else None)
+            logits = session.eval(token_ids, tap if need_tap else None, all_logits=not last_only)
         except ValueError as exc:  # context full
             raise RuntimeEvalError(str(exc)) from None
         taps = {k: np.concatenate(v) if len(v) > 1 else v[0] for k, v in captured.items()}

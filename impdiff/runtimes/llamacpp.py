@@ -27,6 +27,7 @@ Names that reach the callback but map to no tap are reported in `ChunkOutput.unm
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -255,6 +257,9 @@ def _ggml_type(value: str | int, what: str) -> int:
         raise ValueError(f"{what}: unknown cache type {value!r}; known: {', '.join(GGML_TYPES)}") from None
 
 
+EXCHANGE_PREFIX = "impdiff-llamacpp-"  # + "<worker pid>-<eval number>.bin"
+
+
 def _exchange_dir() -> str:
     """Where the worker writes each chunk's arrays: RAM-backed /dev/shm when it has room."""
     try:
@@ -263,6 +268,30 @@ def _exchange_dir() -> str:
     except OSError:
         pass
     return tempfile.gettempdir()
+
+
+def _remove_exchange_files(directory: str, pid: int | None = None) -> None:
+    """Remove exchange files of worker `pid`, or (pid None) of workers no longer running: a
+    parent that died between the worker's write and its own unlink leaves one behind."""
+    pattern = re.compile(re.escape(EXCHANGE_PREFIX) + r"(\d+)-\d+\.bin$")
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        m = pattern.match(name)
+        if not m:
+            continue
+        owner = int(m.group(1))
+        if pid is not None:
+            if owner != pid:
+                continue
+        elif Path(f"/proc/{owner}").exists():
+            continue
+        try:
+            os.unlink(os.path.join(directory, name))
+        except OSError:
+            pass
 
 
 class LlamaCppRuntime(Runtime):
@@ -300,6 +329,8 @@ class LlamaCppRuntime(Runtime):
         self.last_eval_stats: dict = {}  # worker wall_s / cpu_s of the last eval
         if not self.model_path.is_file():
             raise ModelLoadError(f"{self.model_path}: no such model file")
+        if importlib.util.find_spec("llama_cpp") is None:
+            raise ImportError("the llama.cpp runtime needs llama-cpp-python: pip install 'impdiff[llamacpp]'")
         self.taps = taps
         cfg = dict(
             model_path=str(self.model_path),
@@ -317,6 +348,8 @@ class LlamaCppRuntime(Runtime):
             n_gpu_layers=int(n_gpu_layers),
             exchange_dir=_exchange_dir(),
         )
+        self._exchange_dir = cfg["exchange_dir"]
+        _remove_exchange_files(self._exchange_dir)
         self._start(cfg)
 
     # -- process management -----------------------------------------------------------------
@@ -340,7 +373,16 @@ class LlamaCppRuntime(Runtime):
             os.close(fd)
             child_sock.close()
         self._conn = Connection(parent_sock.detach())
-        reply = self._request(("init", cfg), doing="loading the model")
+        try:
+            reply = self._request(("init", cfg), doing="loading the model")
+        except RuntimeCrashed:
+            # e.g. a GGML_ASSERT on a malformed tensor: still "this file cannot be loaded"
+            status = self._dead.split(" while ", 1)[0].split(") ", 1)[-1]
+            last = next((" ".join(x.split()) for x in reversed(self._log_tail().splitlines()) if x.strip()), "")
+            self.close()
+            raise ModelLoadError(
+                f"{self.model_path}: llama.cpp crashed while loading this file (worker {status}; last log line: {last})"
+            ) from None
         if reply[0] == "load_error":
             reason = self._load_error_reason() or reply[1]
             self.close()
@@ -351,6 +393,12 @@ class LlamaCppRuntime(Runtime):
         self.info: dict = reply[1]
         self.arch: str = self.info["arch"]
         self.n_vocab: int = self.info["n_vocab"]
+        if taps is not None and not self.info["known_arch"]:
+            warnings.warn(
+                f"llama.cpp arch '{self.arch}' has no entry in ARCH_OVERRIDES: taps are mapped by "
+                "the base rules only; check ChunkOutput.unmapped for nodes that need a rule",
+                stacklevel=3,
+            )
 
     def _request(self, msg: tuple, *, doing: str):
         if self._dead is not None:
@@ -383,6 +431,8 @@ class LlamaCppRuntime(Runtime):
         else:
             status = f"exited with status {rc}"
         pid = self._proc.pid if self._proc is not None else "?"
+        if self._proc is not None:
+            _remove_exchange_files(self._exchange_dir, self._proc.pid)  # a half-written chunk
         return (
             f"llama.cpp worker (pid {pid}) {status} while {doing} "
             f"(model {self.model_path}); last lines of its stderr:\n{self._log_tail()}"
@@ -403,10 +453,14 @@ class LlamaCppRuntime(Runtime):
         return "\n".join(lines)[-n_chars:] or "(empty)"
 
     def _load_error_reason(self) -> str | None:
-        """The last error line llama.cpp logged, as one line."""
-        for line in reversed(self._log_tail(n_lines=60, n_chars=100_000).splitlines()):
-            if "error" in line.lower() or "failed" in line.lower():
-                return " ".join(line.split())
+        """The most telling error line llama.cpp logged, as one line."""
+        lines = [" ".join(x.split()) for x in self._log_tail(n_lines=80, n_chars=100_000).splitlines()]
+        for pick in ("error loading model", "error", "failed"):
+            for i, line in enumerate(lines):
+                if pick in line.lower():
+                    # the GGUF reader says what is wrong with the file a few lines earlier
+                    detail = next((x for x in lines[:i] if x.startswith("gguf_")), None)
+                    return f"{line} ({detail})" if detail else line
         return None
 
     def _cleanup(self) -> None:
@@ -456,25 +510,30 @@ class LlamaCppRuntime(Runtime):
         return self._assemble(reply[1])
 
     def _assemble(self, man: dict) -> ChunkOutput:
-        # The worker wrote every array of the chunk into one file (see the worker for why);
-        # one read, then views and (for several ubatches) one stitching copy per tap.
+        # The worker wrote every array of the chunk into one file (see the worker for why).
+        # Map it, copy each array out (stitching ubatch pieces by position in the same copy),
+        # unlink it. Each returned array owns its memory: dropping a tap frees it.
         path, start, n = man["path"], man["start"], man["n_tokens"]
         try:
-            buf = np.fromfile(path, dtype=np.uint8)
+            mm = np.memmap(path, dtype=np.uint8, mode="r")
         finally:
             try:
-                os.unlink(path)
+                os.unlink(path)  # the mapping stays valid; the RAM goes with the last reference
             except OSError:
                 pass
+        try:
 
-        def piece(off: int, shape: Sequence[int]) -> np.ndarray:
-            count = int(np.prod(shape))
-            return np.frombuffer(buf, dtype=np.float32, count=count, offset=off).reshape(shape)
+            def pieces(entries) -> list[tuple[int, np.ndarray]]:
+                out = []
+                for pos, off, shape in entries:
+                    count = int(np.prod(shape))
+                    out.append((pos, np.frombuffer(mm, dtype=np.float32, count=count, offset=off).reshape(shape)))
+                return out
 
-        logits = self._stitch(start, n, [(p, piece(off, shape)) for p, off, shape in man["logits"]], "logits")
-        taps = {}
-        for key, pieces in man["taps"].items():
-            taps[key] = self._stitch(start, n, [(p, piece(off, shape)) for p, off, shape in pieces], key)
+            logits = self._stitch(start, n, pieces(man["logits"]), "logits")
+            taps = {key: self._stitch(start, n, pieces(entries), key) for key, entries in man["taps"].items()}
+        finally:
+            del mm
         self._pos = start + n
         self.last_eval_stats = dict(man.get("stats", {}))
         return ChunkOutput(start=start, logits=logits, taps=taps, unmapped=list(man["unmapped"]))
@@ -490,9 +549,7 @@ class LlamaCppRuntime(Runtime):
             expect += arr.shape[0]
         if expect != start + n:
             raise RuntimeEvalError(f"llama.cpp: {what}: got rows up to position {expect}, expected {start + n}")
-        if len(pieces) == 1:
-            return pieces[0][1]
-        return np.concatenate([a for _, a in pieces], axis=0)
+        return np.concatenate([a for _, a in pieces], axis=0)  # a copy, also for one piece
 
     def reset(self) -> None:
         reply = self._request(("reset",), doing="clearing the KV cache")

@@ -1,0 +1,340 @@
+"""`impdiff bracket`: sentinel recall across lengths, the failure boundary, and a diff there.
+
+The workflow of the seeds: sweep the document length with a sentinel in the middle, find the
+length where the engine starts failing while llama.cpp still passes, bisect that boundary to a
+token resolution, and run the layer diff at the first failing length.
+
+Everything streams to a run directory as it is produced (`results.jsonl`, one line per recall
+check), so an interrupted run resumes where it stopped and loses nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+from .errors import UsageError
+from .haystack import Haystack, build_haystack, recalled
+
+RUNTIME_NAMES = ("engine", "llamacpp")
+
+
+def parse_sweep(text: str) -> list[int]:
+    """'128..2048' (steps of 128), '128..2048:256', or a list '512,1024,1536'."""
+    try:
+        if ".." in text:
+            span, _, step = text.partition(":")
+            lo, hi = (int(x) for x in span.split(".."))
+            step_n = int(step) if step else 128
+            if lo < 1 or hi < lo or step_n < 1:
+                raise ValueError
+            values = list(range(lo, hi + 1, step_n))
+            return values if values[-1] == hi else values + [hi]
+        values = sorted({int(x) for x in text.split(",") if x.strip()})
+        if not values or values[0] < 1:
+            raise ValueError
+        return values
+    except ValueError:
+        raise UsageError(f"--sweep '{text}': expected LO..HI, LO..HI:STEP or a list like "
+                         "512,1024,1536 of positive token counts") from None
+
+
+@dataclass(frozen=True)
+class BracketConfig:
+    model: str
+    sweep: tuple[int, ...]
+    runtimes: tuple[str, ...] = RUNTIME_NAMES
+    depth: float = 0.5
+    max_tokens: int = 12
+    inject: str = ""
+    corpus: str = "towns"
+    form: str = "code"
+    seed: int = 0
+    resolution: int = 32
+    chat: bool = False
+    device: str = "cpu"
+    diff: bool = True
+
+    def validate(self) -> None:
+        unknown = [r for r in self.runtimes if r not in RUNTIME_NAMES]
+        if unknown:
+            raise UsageError(f"--runtimes: unknown {', '.join(unknown)} (known: "
+                             f"{', '.join(RUNTIME_NAMES)})")
+        if self.resolution < 1:
+            raise UsageError("--resolution must be at least 1 token")
+        if self.max_tokens < 1:
+            raise UsageError("--max-tokens must be at least 1")
+
+
+@dataclass
+class RecallResult:
+    runtime: str
+    length: int
+    n_tokens: int
+    passed: bool
+    answer: str
+    generated: str
+    seconds: float
+    phase: str  # "sweep" | "bisect"
+
+
+@dataclass
+class BracketOutcome:
+    config: BracketConfig
+    results: list[RecallResult]
+    boundary: dict | None  # {"last_pass": L, "first_fail": L, "resolution": r}
+    both_fail: list[int]
+    diff: object | None = None  # DiffOutcome at the boundary
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def passed(self, runtime: str, length: int) -> bool | None:
+        r = find_result(self.results, runtime, length)
+        return None if r is None else r.passed
+
+    @property
+    def engine_regressed(self) -> bool:
+        return self.boundary is not None
+
+    def summary_line(self) -> str:
+        if self.boundary:
+            b = self.boundary
+            s = (f"engine fails sentinel recall from {b['first_fail']} tokens while llama.cpp "
+                 f"passes (last engine pass at {b['last_pass']}, resolution "
+                 f"{b['first_fail'] - b['last_pass']} tokens)")
+        elif any(r.runtime == "engine" and not r.passed for r in self.results):
+            s = "engine fails only where llama.cpp fails too: model limit, not an engine bug"
+        else:
+            s = "every runtime recalls the sentinel at every length"
+        if self.both_fail:
+            s += f"; both fail at {', '.join(map(str, self.both_fail))} (model limit)"
+        return s
+
+
+def find_result(results: list[RecallResult], runtime: str, length: int) -> RecallResult | None:
+    for r in results:
+        if r.runtime == runtime and r.length == length:
+            return r
+    return None
+
+
+class RunDir:
+    """The run directory: config, streamed results, and whatever the run writes beside them."""
+
+    def __init__(self, path: Path, config: BracketConfig, meta: dict):
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        run_json = path / "run.json"
+        record = {"config": asdict(config), **meta}
+        if run_json.exists():
+            old = json.loads(run_json.read_text())
+            if old.get("config") != json.loads(json.dumps(asdict(config))):
+                raise UsageError(f"{path}: holds a run with another configuration; choose "
+                                 "another --out or remove it")
+        else:
+            run_json.write_text(json.dumps(record, indent=2))
+        self.results_path = path / "results.jsonl"
+
+    def load(self) -> list[RecallResult]:
+        if not self.results_path.exists():
+            return []
+        out = []
+        for line in self.results_path.read_text().splitlines():
+            try:
+                out.append(RecallResult(**json.loads(line)))
+            except (json.JSONDecodeError, TypeError):
+                continue  # a line cut by an interruption: that check simply runs again
+        return out
+
+    def append(self, result: RecallResult) -> None:
+        with open(self.results_path, "a") as f:
+            f.write(json.dumps(asdict(result)) + "\n")
+            f.flush()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    import torch
+
+    from . import __version__
+
+    out = {"impdiff": __version__, "python": sys.version.split()[0], "torch": torch.__version__,
+           "platform": platform.platform(),
+           "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    for dist in ("llama-cpp-python", "gguf"):
+        try:
+            out[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def greedy(runtime, ids: Sequence[int], max_tokens: int, stop_ids: Iterable[int]) -> list[int]:
+    """Greedy continuation through the runtime interface (the same for every runtime)."""
+    runtime.reset()
+    logits = runtime.eval(ids, last_only=True).logits[-1]
+    out: list[int] = []
+    stops = set(stop_ids)
+    for _ in range(max_tokens):
+        token = int(logits.argmax())
+        if token in stops:
+            break
+        out.append(token)
+        logits = runtime.eval([token], last_only=True).logits[-1]
+    return out
+
+
+class Bracket:
+    def __init__(self, config: BracketConfig, model_path: Path, run: RunDir,
+                 on_progress: Callable[[str], None] = lambda s: None):
+        from .engine.faults import parse_faults
+        from .engine.loader import load_gguf_model
+
+        config.validate()
+        self.config, self.model_path, self.run = config, model_path, run
+        self.faults = parse_faults(config.inject)
+        self.loaded = load_gguf_model(model_path, config.device, self.faults)
+        self.tokenizer = self.loaded.tokenizer
+        self.results = run.load()
+        self.on_progress = on_progress
+        self._runtimes: dict[str, object] = {}
+        self._haystacks: dict[int, Haystack] = {}
+        self.n_ctx = max(config.sweep) + config.max_tokens + 16
+
+    def runtime(self, name: str):
+        if name not in self._runtimes:
+            if name == "engine":
+                from .runtimes.engine import EngineRuntime
+
+                self._runtimes[name] = EngineRuntime(self.model_path, n_ctx=self.n_ctx,
+                                                     loaded=self.loaded)
+            else:
+                from .runtimes.llamacpp import LlamaCppRuntime
+
+                self._runtimes[name] = LlamaCppRuntime(self.model_path, n_ctx=self.n_ctx)
+        return self._runtimes[name]
+
+    def close(self) -> None:
+        for rt in self._runtimes.values():
+            rt.close()
+
+    def haystack(self, length: int) -> Haystack:
+        if length not in self._haystacks:
+            c = self.config
+            self._haystacks[length] = build_haystack(self.tokenizer, length, c.depth, c.corpus,
+                                                     c.form, c.seed, c.chat)
+        return self._haystacks[length]
+
+    def check(self, runtime: str, length: int, phase: str) -> RecallResult:
+        done = find_result(self.results, runtime, length)
+        if done is not None:
+            return done
+        self.on_progress(f"{runtime} @ {length} tokens")
+        h = self.haystack(length)
+        t0 = time.perf_counter()
+        out = greedy(self.runtime(runtime), h.ids, self.config.max_tokens,
+                     self.tokenizer.eog_ids)
+        text = self.tokenizer.decode(out)
+        result = RecallResult(runtime, length, h.n_tokens, recalled(text, h.answer), h.answer,
+                              text, round(time.perf_counter() - t0, 3), phase)
+        self.results.append(result)
+        self.run.append(result)
+        return result
+
+    def sweep(self) -> None:
+        for length in self.config.sweep:
+            for name in self.config.runtimes:
+                self.check(name, length, "sweep")
+
+    def find_boundary(self) -> dict | None:
+        """First sweep length where the engine fails and llama.cpp passes, bisected."""
+        if set(self.config.runtimes) != set(RUNTIME_NAMES):
+            return None
+        last_pass = None
+        for length in self.config.sweep:
+            eng, ref = self.check("engine", length, "sweep"), self.check("llamacpp", length,
+                                                                         "sweep")
+            if eng.passed:
+                last_pass = length
+            elif ref.passed:
+                lo = last_pass if last_pass is not None else 0
+                return self.bisect(lo, length)
+        return None
+
+    def bisect(self, lo: int, hi: int) -> dict:
+        """Narrow [lo pass, hi fail] to the resolution; llama.cpp must pass where we probe."""
+        while hi - lo > self.config.resolution:
+            mid = (lo + hi) // 2
+            eng = self.check("engine", mid, "bisect")
+            ref = self.check("llamacpp", mid, "bisect")
+            if eng.passed:
+                lo = mid
+            elif ref.passed:
+                hi = mid
+            else:  # both fail here: the engine's failure above is not attributable; stop
+                break
+        return {"last_pass": lo, "first_fail": hi, "resolution": self.config.resolution}
+
+    def both_fail(self) -> list[int]:
+        lengths = sorted({r.length for r in self.results})
+        found = lambda name, n: find_result(self.results, name, n)  # noqa: E731
+        return [n for n in lengths if all(found(name, n) is not None and not found(name, n).passed
+                                          for name in self.config.runtimes)]
+
+    def diff_at(self, length: int, on_chunk=None):
+        from .diff import run_diff, write_tables
+
+        for rt in list(self._runtimes):  # free the sweep's llama.cpp before a tap run
+            self._runtimes.pop(rt).close()
+        h = self.haystack(length)
+        out_dir = self.run.path / "diff"
+        out_dir.mkdir(exist_ok=True)
+        outcome = run_diff(self.model_path, h.ids, faults=self.faults, loaded=self.loaded,
+                           out_dir=out_dir, on_chunk=on_chunk,
+                           on_stage=lambda s: self.on_progress(f"diff @ {length}: {s}"))
+        write_tables(outcome, out_dir, {"length": length, "sentinel_token": h.sentinel_token,
+                                        "inject": str(self.faults)})
+        return outcome
+
+
+def run_bracket(config: BracketConfig, model_path: Path, out_dir: Path, command: str,
+                on_progress: Callable[[str], None] = lambda s: None,
+                on_chunk=None) -> BracketOutcome:
+    meta = {"command": command, "versions": versions(), "model_path": str(model_path),
+            "model_sha256": file_sha256(model_path)}
+    run = RunDir(out_dir, config, meta)
+    t0 = time.perf_counter()
+    b = Bracket(config, model_path, run, on_progress)
+    try:
+        b.sweep()
+        boundary = b.find_boundary()
+        outcome = BracketOutcome(config, b.results, boundary, b.both_fail())
+        if boundary and config.diff:
+            outcome.diff = b.diff_at(boundary["first_fail"], on_chunk)
+    finally:
+        b.close()
+    outcome.seconds = {
+        "total": round(time.perf_counter() - t0, 1),
+        **{f"recall_{name}": round(sum(r.seconds for r in b.results if r.runtime == name), 1)
+           for name in config.runtimes},
+    }
+    (out_dir / "outcome.json").write_text(json.dumps({
+        "summary": outcome.summary_line(), "boundary": boundary, "both_fail": outcome.both_fail,
+        "seconds": outcome.seconds,
+        "diff_verdict": outcome.diff.verdict.sentence() if outcome.diff else None,
+    }, indent=2))
+    return outcome

@@ -1,0 +1,82 @@
+"""Recipes: YAML experiments (safe-loaded) validated into a `BracketConfig` and a baseline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .bracket import RUNTIME_NAMES, BracketConfig, parse_sweep
+from .errors import UsageError
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str
+    path: Path
+    config: BracketConfig
+    baseline: Path | None
+    description: str = ""
+
+
+# key: (python type(s), check or None, what the user should write)
+_SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
+    "name": ((str,), None, "a string"),
+    "description": ((str,), None, "a string"),
+    "kind": ((str,), lambda v: v == "bracket", "'bracket'"),
+    "model": ((str,), None, "a model name or GGUF path"),
+    "sweep": ((str, list), None, "LO..HI, LO..HI:STEP or a list of token counts"),
+    "runtimes": ((list,), lambda v: all(x in RUNTIME_NAMES for x in v),
+                 f"a list of {', '.join(RUNTIME_NAMES)}"),
+    "depth": ((int, float), lambda v: 0 <= v <= 1, "a number from 0 to 1"),
+    "max_tokens": ((int,), lambda v: v >= 1, "a positive integer"),
+    "inject": ((str, type(None)), None, "a fault name, or null"),
+    "corpus": ((str,), None, "a built-in corpus name"),
+    "sentinel": ((str,), None, "code, passphrase or city"),
+    "seed": ((int,), None, "an integer"),
+    "resolution": ((int,), lambda v: v >= 1, "a positive integer"),
+    "chat": ((bool,), None, "true or false"),
+    "device": ((str,), None, "cpu, cuda or auto"),
+    "diff": ((bool,), None, "true or false"),
+    "baseline": ((str,), None, "a path relative to the recipe"),
+}
+_REQUIRED = ("name", "sweep")
+
+
+def load_recipe(path: str | Path) -> Recipe:
+    import yaml
+
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise UsageError(f"{path}: not valid YAML{where} ({getattr(exc, 'problem', exc)})") \
+            from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a mapping of keys at the top level")
+    for key, value in data.items():
+        if key not in _SCHEMA:
+            raise UsageError(f"{path}: unknown key '{key}' (known: {', '.join(_SCHEMA)})")
+        types, check, what = _SCHEMA[key]
+        ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
+        if not ok or (check is not None and not check(value)):
+            raise UsageError(f"{path}: '{key}' must be {what}, got {value!r}")
+    for key in _REQUIRED:
+        if key not in data:
+            raise UsageError(f"{path}: required key '{key}' is missing")
+    sweep = data["sweep"]
+    lengths = parse_sweep(sweep if isinstance(sweep, str) else ",".join(map(str, sweep)))
+    config = BracketConfig(
+        model=data.get("model", "gemma3-270m"), sweep=tuple(lengths),
+        runtimes=tuple(data.get("runtimes", RUNTIME_NAMES)), depth=float(data.get("depth", 0.5)),
+        max_tokens=data.get("max_tokens", 12), inject=data.get("inject") or "",
+        corpus=data.get("corpus", "towns"), form=data.get("sentinel", "code"),
+        seed=data.get("seed", 0), resolution=data.get("resolution", 32),
+        chat=data.get("chat", False), device=data.get("device", "cpu"),
+        diff=data.get("diff", True))
+    baseline = (path.parent / data["baseline"]) if "baseline" in data else None
+    return Recipe(data["name"], path, config, baseline, data.get("description", ""))
