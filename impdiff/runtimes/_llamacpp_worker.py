@@ -258,7 +258,8 @@ class Worker:
         self.b_token = np.ctypeslib.as_array(self.batch.token, shape=(self.n_batch,))
         self.b_pos = np.ctypeslib.as_array(self.batch.pos, shape=(self.n_batch,))
         np.ctypeslib.as_array(self.batch.n_seq_id, shape=(self.n_batch,))[:] = 1
-        np.ctypeslib.as_array(self.batch.logits, shape=(self.n_batch,))[:] = 1  # every row out
+        # every row out by default: with fewer, llama.cpp drops the last layer's other rows
+        self.b_logits = np.ctypeslib.as_array(self.batch.logits, shape=(self.n_batch,))
         for i in range(self.n_batch):
             self.batch.seq_id[i][0] = 0
 
@@ -417,7 +418,7 @@ class Worker:
 
     # -- requests -------------------------------------------------------------------------------
 
-    def eval(self, ids_bytes: bytes):
+    def eval(self, ids_bytes: bytes, last_only: bool = False):
         L = self.L
         ids = np.frombuffer(ids_bytes, dtype=np.int32)
         n, start = len(ids), self.pos
@@ -437,6 +438,10 @@ class Worker:
                 self.b_token[:m] = ids[b0 : b0 + m]
                 self.b_pos[:m] = np.arange(p0, p0 + m, dtype=np.int32)
                 self.batch.n_tokens = m
+                # last_only: one output row, and none at all for the batches before the last
+                self.b_logits[:m] = 0 if last_only else 1
+                if last_only and b0 + m == n:
+                    self.b_logits[m - 1] = 1
                 rc = L.llama_decode(self.ctx, self.batch)
                 if rc != 0:
                     raise WorkerError(f"llama_decode returned {rc} for {m} tokens at position {p0} (see its log)")
@@ -445,8 +450,10 @@ class Worker:
                 short = {k: c for k, c in self.counts.items() if c != len(self.ubatches)}
                 if short:
                     raise WorkerError(f"taps seen in only some of {len(self.ubatches)} ubatches: {short}")
-                lg = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(m, self.n_vocab))
-                logits.append((p0, self._write(lg), (m, self.n_vocab)))
+                rows = int(self.b_logits[:m].sum())
+                if rows:
+                    lg = np.ctypeslib.as_array(L.llama_get_logits(self.ctx), shape=(rows, self.n_vocab))
+                    logits.append((p0 + m - rows, self._write(lg), (rows, self.n_vocab)))
                 self.pos = p0 + m
             self.out.close()
         except Exception as e:
@@ -510,7 +517,7 @@ def main(argv: list[str]) -> int:
             break
         kind = msg[0]
         if kind == "eval":
-            conn.send(worker.eval(msg[1]))
+            conn.send(worker.eval(*msg[1:]))
         elif kind == "reset":
             conn.send(worker.reset())
         elif kind == "abort":

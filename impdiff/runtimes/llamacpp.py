@@ -393,7 +393,7 @@ class LlamaCppRuntime(Runtime):
         self.info: dict = reply[1]
         self.arch: str = self.info["arch"]
         self.n_vocab: int = self.info["n_vocab"]
-        if taps is not None and not self.info["known_arch"]:
+        if self.taps is not None and not self.info["known_arch"]:
             warnings.warn(
                 f"llama.cpp arch '{self.arch}' has no entry in ARCH_OVERRIDES: taps are mapped by "
                 "the base rules only; check ChunkOutput.unmapped for nodes that need a rule",
@@ -493,7 +493,7 @@ class LlamaCppRuntime(Runtime):
     def position(self) -> int:
         return self._pos
 
-    def eval(self, token_ids: Sequence[int]) -> ChunkOutput:
+    def eval(self, token_ids: Sequence[int], last_only: bool = False) -> ChunkOutput:
         ids = np.asarray(token_ids, dtype=np.int64).reshape(-1)
         if ids.size == 0:
             raise ValueError("eval: no token ids")
@@ -501,15 +501,15 @@ class LlamaCppRuntime(Runtime):
         if bad.size:
             raise ValueError(f"eval: token id {int(bad[0])} is outside the vocabulary [0, {self.n_vocab})")
         reply = self._request(
-            ("eval", ids.astype(np.int32).tobytes()),
+            ("eval", ids.astype(np.int32).tobytes(), last_only),
             doing=f"evaluating {ids.size} tokens at position {self._pos}",
         )
         if reply[0] == "error":
             self._pos = reply[2]
             raise RuntimeEvalError(reply[1])
-        return self._assemble(reply[1])
+        return self._assemble(reply[1], last_only)
 
-    def _assemble(self, man: dict) -> ChunkOutput:
+    def _assemble(self, man: dict, last_only: bool = False) -> ChunkOutput:
         # The worker wrote every array of the chunk into one file (see the worker for why).
         # Map it, copy each array out (stitching ubatch pieces by position in the same copy),
         # unlink it. Each returned array owns its memory: dropping a tap frees it.
@@ -530,7 +530,8 @@ class LlamaCppRuntime(Runtime):
                     out.append((pos, np.frombuffer(mm, dtype=np.float32, count=count, offset=off).reshape(shape)))
                 return out
 
-            logits = self._stitch(start, n, pieces(man["logits"]), "logits")
+            logits = (pieces(man["logits"])[0][1].copy() if last_only
+                      else self._stitch(start, n, pieces(man["logits"]), "logits"))
             taps = {key: self._stitch(start, n, pieces(entries), key) for key, entries in man["taps"].items()}
         finally:
             del mm
