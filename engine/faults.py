@@ -17,7 +17,8 @@ FAULTS: dict[str, str] = {
     "no-qk-norm": "the per-head RMS norm on Q and K is skipped",
     "embed-scale": "embeddings are scaled by n_embd instead of sqrt(n_embd)",
     "swa-off-by-one": "the sliding window lets one key too many through (p_q - p_k <= window)",
-    "transposed-block": "one 32x32 tile of the attention output projection is stored transposed",
+    "transposed-block": "one 256x256 tile (a K-quant super-block wide) of the attention output "
+                        "projection is laid out transposed",
 }
 
 

@@ -15,7 +15,7 @@ from .gguf_file import GGUFFile
 from .model import Transformer, expected_shapes
 from .quants import dequantize, type_name
 
-TRANSPOSED_TILE = 32
+TRANSPOSED_TILE = 256  # QK_K: the width of one K-quant super-block
 
 
 def resolve_device(device: str | None) -> torch.device:

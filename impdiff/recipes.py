@@ -69,7 +69,10 @@ def load_recipe(path: str | Path) -> Recipe:
         if key not in data:
             raise UsageError(f"{path}: required key '{key}' is missing")
     sweep = data["sweep"]
-    lengths = parse_sweep(sweep if isinstance(sweep, str) else ",".join(map(str, sweep)))
+    try:
+        lengths = parse_sweep(sweep if isinstance(sweep, str) else ",".join(map(str, sweep)))
+    except UsageError as exc:
+        raise UsageError(f"{path}: 'sweep': {str(exc).split(': ', 1)[1]}") from None
     config = BracketConfig(
         model=data.get("model", "gemma3-270m"), sweep=tuple(lengths),
         runtimes=tuple(data.get("runtimes", RUNTIME_NAMES)), depth=float(data.get("depth", 0.5)),

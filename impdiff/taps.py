@@ -26,33 +26,37 @@ class TapSpec:
     layout: str  # "hidden" | "heads" | "flat"
     per_layer: bool
     doc: str
+    # the taps this one is computed from, in the same layer; the first present one is used for
+    # "parents_first" taps (a residual's inputs are alternatives), the worst of all otherwise
+    parents: tuple[str, ...] = ()
+    parents_first: bool = False
 
 
 TAP_SPECS: tuple[TapSpec, ...] = (
     TapSpec("inp_embd", "hidden", False, "token embedding rows"),
     TapSpec("inp_scaled", "hidden", False, "embedding times sqrt(n_embd) (Gemma)"),
     TapSpec("attn_norm", "hidden", True, "RMS norm before attention"),
-    TapSpec("Qcur", "heads", True, "Q projection, before q-norm and rope"),
-    TapSpec("Kcur", "heads", True, "K projection, before k-norm and rope"),
-    TapSpec("Vcur", "heads", True, "V projection"),
-    TapSpec("Qcur_normed", "heads", True, "Q after per-head RMS norm (qwen3, gemma)"),
-    TapSpec("Kcur_normed", "heads", True, "K after per-head RMS norm (qwen3, gemma)"),
-    TapSpec("Qcur_pos", "heads", True, "Q after rope"),
-    TapSpec("Kcur_pos", "heads", True, "K after rope"),
-    TapSpec("kqv", "heads", True, "attention result per head (softmax(QK^T)V)"),
-    TapSpec("kqv_out", "flat", True, "attention result with heads merged"),
-    TapSpec("attn_out", "hidden", True, "attention output projection"),
-    TapSpec("attn_post_norm", "hidden", True, "RMS norm after attention (gemma)"),
-    TapSpec("ffn_inp", "hidden", True, "residual stream after attention (llama.cpp: sa_out/ffn_inp)"),
-    TapSpec("ffn_norm", "hidden", True, "RMS norm before the FFN"),
-    TapSpec("ffn_gate", "flat", True, "FFN gate projection"),
-    TapSpec("ffn_up", "flat", True, "FFN up projection"),
-    TapSpec("ffn_act", "flat", True, "activation(gate) * up (llama.cpp: ffn_swiglu/ffn_geglu)"),
-    TapSpec("ffn_out", "hidden", True, "FFN down projection"),
-    TapSpec("ffn_post_norm", "hidden", True, "RMS norm after the FFN (gemma)"),
-    TapSpec("l_out", "hidden", True, "layer output (residual stream)"),
+    TapSpec("Qcur", "heads", True, "Q projection, before q-norm and rope", ("attn_norm",)),
+    TapSpec("Kcur", "heads", True, "K projection, before k-norm and rope", ("attn_norm",)),
+    TapSpec("Vcur", "heads", True, "V projection", ("attn_norm",)),
+    TapSpec("Qcur_normed", "heads", True, "Q after per-head RMS norm (qwen3, gemma)", ("Qcur",)),
+    TapSpec("Kcur_normed", "heads", True, "K after per-head RMS norm (qwen3, gemma)", ("Kcur",)),
+    TapSpec("Qcur_pos", "heads", True, "Q after rope", ("Qcur_normed", "Qcur"), True),
+    TapSpec("Kcur_pos", "heads", True, "K after rope", ("Kcur_normed", "Kcur"), True),
+    TapSpec("kqv", "heads", True, "attention result per head (softmax(QK^T)V)", ("Qcur_pos", "Kcur_pos", "Vcur")),
+    TapSpec("kqv_out", "flat", True, "attention result with heads merged", ("kqv",)),
+    TapSpec("attn_out", "hidden", True, "attention output projection", ("kqv_out",)),
+    TapSpec("attn_post_norm", "hidden", True, "RMS norm after attention (gemma)", ("attn_out",)),
+    TapSpec("ffn_inp", "hidden", True, "residual stream after attention (llama.cpp: sa_out/ffn_inp)", ("attn_post_norm", "attn_out"), True),
+    TapSpec("ffn_norm", "hidden", True, "RMS norm before the FFN", ("ffn_inp",)),
+    TapSpec("ffn_gate", "flat", True, "FFN gate projection", ("ffn_norm",)),
+    TapSpec("ffn_up", "flat", True, "FFN up projection", ("ffn_norm",)),
+    TapSpec("ffn_act", "flat", True, "activation(gate) * up (llama.cpp: ffn_swiglu/ffn_geglu)", ("ffn_gate", "ffn_up")),
+    TapSpec("ffn_out", "hidden", True, "FFN down projection", ("ffn_act",)),
+    TapSpec("ffn_post_norm", "hidden", True, "RMS norm after the FFN (gemma)", ("ffn_out",)),
+    TapSpec("l_out", "hidden", True, "layer output (residual stream)", ("ffn_post_norm", "ffn_out"), True),
     TapSpec("result_norm", "hidden", False, "final RMS norm"),
-    TapSpec("result_output", "flat", False, "logits"),
+    TapSpec("result_output", "flat", False, "logits", ("result_norm",)),
 )
 
 TAPS: dict[str, TapSpec] = {t.name: t for t in TAP_SPECS}
