@@ -284,6 +284,68 @@ def gate(
     raise typer.Exit(0 if result.passed else EXIT_DIVERGED)
 
 
+@app.command()
+def bench(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    n_prompt: int = typer.Option(512, "-p", "--n-prompt", min=0, help="pp: prompt tokens"),
+    n_gen: int = typer.Option(128, "-n", "--n-gen", min=0, help="tg: generated tokens"),
+    reps: int = typer.Option(3, "-r", "--repetitions", min=1),
+    runtimes: str = typer.Option("engine,llamacpp", "--runtimes"),
+    device: str = typer.Option("auto", "--device", help="engine device"),
+    gpu_layers: int = typer.Option(0, "--gpu-layers", help="llama.cpp -ngl (CUDA builds)"),
+    bandwidth: Optional[float] = typer.Option(None, "--bandwidth",
+                                              help="memory bandwidth in GB/s for the decode "
+                                                   "roofline (e.g. 3350 for an H100 SXM)"),
+) -> None:
+    """Prefill (pp) and decode (tg) tokens/s of the engine and llama.cpp, mean ± sd."""
+    from rich.table import Table
+
+    from .bench import bench as run_bench
+    from .bench import weight_bytes
+    from .engine.loader import load_gguf_model
+    from .real_models import resolve_model
+    from .runtimes.engine import EngineRuntime
+    from .runtimes.llamacpp import LlamaCppRuntime
+
+    path = resolve_model(model)
+    names = [r.strip() for r in runtimes.split(",") if r.strip()]
+    unknown = set(names) - {"engine", "llamacpp"}
+    if unknown:
+        raise UsageError(f"--runtimes: unknown {', '.join(sorted(unknown))} (known: engine, "
+                         "llamacpp)")
+    loaded = load_gguf_model(path, device)
+    n_ctx = n_prompt + n_gen + 64
+    rts = {}
+    if "engine" in names:
+        rts["engine"] = EngineRuntime(path, n_ctx=n_ctx, loaded=loaded)
+    if "llamacpp" in names:
+        rts["llama.cpp"] = LlamaCppRuntime(path, n_ctx=n_ctx, n_gpu_layers=gpu_layers)
+    per_token = weight_bytes(loaded.gguf)
+    try:
+        with _progress() as progress:
+            task = progress.add_task("bench", total=None)
+            rows = run_bench(rts, n_prompt, n_gen, reps, loaded.cfg.n_vocab, per_token,
+                             on_step=lambda s: progress.update(task, description=s))
+    finally:
+        for rt in rts.values():
+            rt.close()
+    table = Table(title=f"{path.name} ({loaded.cfg.arch}), engine on {loaded.model.device}, "
+                        f"{reps} repetitions")
+    for col in ("runtime", "test", "t/s", "weights GB/s"):
+        table.add_column(col, justify="left" if col in ("runtime", "test") else "right")
+    if bandwidth:
+        table.add_column("of roofline", justify="right")
+    for r in rows:
+        gbs = r.mean * r.bytes_per_token / 1e9 if r.test.startswith("tg") else None
+        cells = [r.runtime, r.test, f"{r.mean:.2f} ± {r.sd:.2f}",
+                 f"{gbs:.1f}" if gbs is not None else ""]
+        if bandwidth:
+            cells.append(f"{gbs / bandwidth:.0%}" if gbs is not None else "")
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"[dim]weight bytes read per decoded token: {per_token / 1e6:.1f} MB[/dim]")
+
+
 def main() -> None:
     """Console entry point: map bad input to one line and exit code 2."""
     from .engine.errors import ModelLoadError
