@@ -8,8 +8,10 @@ multiples of 256 (with narrower rows it silently falls back to Q5_0/Q8_0).
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
+import os
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -125,11 +127,27 @@ def quantize_gguf(src: str | Path, dst: str | Path, qtype: str) -> Path:
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = LLAMA_FTYPES[qtype]
     params.nthread = 2
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
-                                        ctypes.byref(params))
+    with _quiet_fds():  # llama.cpp prints a line per tensor from C, past Python's streams
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(),
+                                            ctypes.byref(params))
     if rc != 0:
         raise RuntimeError(f"llama_model_quantize({src} -> {qtype}) failed with {rc}")
     return Path(dst)
+
+
+@contextlib.contextmanager
+def _quiet_fds():
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        for fd in (1, 2):
+            os.dup2(null, fd)
+        yield
+    finally:
+        for fd, copy in zip((1, 2), saved):
+            os.dup2(copy, fd)
+            os.close(copy)
+        os.close(null)
 
 
 def _unpermute_llama_qk(w: np.ndarray, n_head: int) -> np.ndarray:
