@@ -198,6 +198,34 @@ def greedy(runtime, ids: Sequence[int], max_tokens: int, stop_ids: Iterable[int]
     return out
 
 
+CheckFn = Callable[[str, int, str], RecallResult]  # (runtime, length, phase) -> result
+
+
+def find_boundary(sweep: Sequence[int], check: CheckFn, resolution: int) -> dict | None:
+    """First sweep length where the engine fails and llama.cpp passes, bisected."""
+    last_pass = None
+    for length in sweep:
+        eng, ref = check("engine", length, "sweep"), check("llamacpp", length, "sweep")
+        if eng.passed:
+            last_pass = length
+        elif ref.passed:
+            return bisect(last_pass if last_pass is not None else 0, length, check, resolution)
+    return None
+
+
+def bisect(lo: int, hi: int, check: CheckFn, resolution: int) -> dict:
+    """Narrow [lo passes, hi fails] to the resolution; llama.cpp must pass where we probe."""
+    while hi - lo > resolution:
+        mid = (lo + hi) // 2
+        if check("engine", mid, "bisect").passed:
+            lo = mid
+        elif check("llamacpp", mid, "bisect").passed:
+            hi = mid
+        else:  # both fail here: the engine's failure above is not attributable; stop
+            break
+    return {"last_pass": lo, "first_fail": hi, "resolution": resolution}
+
+
 class Bracket:
     def __init__(self, config: BracketConfig, model_path: Path, run: RunDir,
                  on_progress: Callable[[str], None] = lambda s: None):
@@ -261,33 +289,9 @@ class Bracket:
                 self.check(name, length, "sweep")
 
     def find_boundary(self) -> dict | None:
-        """First sweep length where the engine fails and llama.cpp passes, bisected."""
         if set(self.config.runtimes) != set(RUNTIME_NAMES):
             return None
-        last_pass = None
-        for length in self.config.sweep:
-            eng, ref = self.check("engine", length, "sweep"), self.check("llamacpp", length,
-                                                                         "sweep")
-            if eng.passed:
-                last_pass = length
-            elif ref.passed:
-                lo = last_pass if last_pass is not None else 0
-                return self.bisect(lo, length)
-        return None
-
-    def bisect(self, lo: int, hi: int) -> dict:
-        """Narrow [lo pass, hi fail] to the resolution; llama.cpp must pass where we probe."""
-        while hi - lo > self.config.resolution:
-            mid = (lo + hi) // 2
-            eng = self.check("engine", mid, "bisect")
-            ref = self.check("llamacpp", mid, "bisect")
-            if eng.passed:
-                lo = mid
-            elif ref.passed:
-                hi = mid
-            else:  # both fail here: the engine's failure above is not attributable; stop
-                break
-        return {"last_pass": lo, "first_fail": hi, "resolution": self.config.resolution}
+        return find_boundary(self.config.sweep, self.check, self.config.resolution)
 
     def both_fail(self) -> list[int]:
         lengths = sorted({r.length for r in self.results})
