@@ -139,6 +139,11 @@ class RunDir:
         else:
             run_json.write_text(json.dumps(record, indent=2))
         self.results_path = path / "results.jsonl"
+        if self.results_path.exists():
+            text = self.results_path.read_text()
+            if text and not text.endswith("\n"):  # an interrupted write: start a fresh line
+                with open(self.results_path, "a") as f:
+                    f.write("\n")
 
     def load(self) -> list[RecallResult]:
         if not self.results_path.exists():

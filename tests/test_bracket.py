@@ -43,3 +43,22 @@ def test_bisection_stops_where_the_reference_fails_too():
     # the first probe (768) fails on both runtimes: the bracket stays as wide as it was
     assert find_boundary([512, 1024], check, 8) == {"last_pass": 512, "first_fail": 1024,
                                                     "resolution": 8}
+
+
+def test_run_dir_resumes_and_skips_a_cut_line(tmp_path):
+    cfg = BracketConfig("m", (128, 256))
+    run = RunDir(tmp_path, cfg, {"command": "x"})
+    r = RecallResult("engine", 128, 128, True, "7", " 7", 1.0, "sweep")
+    run.append(r)
+    with open(run.results_path, "a") as f:
+        f.write('{"runtime": "llamacpp", "len')  # an interrupted write
+    resumed = RunDir(tmp_path, cfg, {"command": "x"})
+    again = resumed.load()
+    assert again == [r]
+    r2 = RecallResult("llamacpp", 128, 128, True, "7", " 7", 1.0, "sweep")
+    resumed.append(r2)
+    assert resumed.load() == [r, r2]  # the cut line does not swallow the next result
+    assert find_result(again, "engine", 128) == r
+    with pytest.raises(UsageError, match="another configuration"):
+        RunDir(tmp_path, BracketConfig("m", (512,)), {})
+    assert json.loads((tmp_path / "run.json").read_text())["config"]["sweep"] == [128, 256]
