@@ -2,7 +2,8 @@
 
 Two runtimes never agree exactly: llama.cpp quantises activations for its quantised matmuls,
 keeps the KV cache in F16 and sums in another order. That noise is estimated from the run
-itself, per tap: the floor is the median over layers of the per-layer median error. On a Q4_K
+itself, per tap: the floor is the median over layers of each layer's 10th-percentile error over
+positions (the cleanest positions: a window bug leaves the ones inside the window alone). On a Q4_K
 model against llama.cpp that noise is local, not accumulated: every quantised matmul adds 1-3%
 (llama.cpp rounds activations to 8 bits), and it stays flat with depth (measured on
 gemma3-270m: 0.8-5% per tap). A (layer, tap) diverges when enough of its
@@ -31,7 +32,9 @@ METRIC = "rel_l2"
 
 @dataclass(frozen=True)
 class LocaliseParams:
-    factor: float = 10.0  # a position diverges above factor x floor ...
+    position_quantile: float = 0.1  # of each layer's errors over positions, the median over
+    # layers of that is the floor: robust to faults in every layer at 90% of the positions
+    factor: float = 15.0  # a position diverges above factor x floor ...
     min_error: float = 0.01  # ... and above this relative L2 error, whatever the floor
     max_floor: float = 0.1  # a floor above this means the whole run is off, not noisy
     min_positions: int = 3  # a (layer, tap) diverges when at least this many positions do ...
@@ -78,7 +81,7 @@ def noise_floor(taps: pd.DataFrame, params: LocaliseParams = LocaliseParams(),
     """Per tap name: the floor of its relative error (see module doc), over `layers` if given."""
     if layers is not None:
         taps = taps[taps.layer.isin(list(layers))]
-    per_layer = taps.groupby(["tap", "layer"])[METRIC].median()
+    per_layer = taps.groupby(["tap", "layer"])[METRIC].quantile(params.position_quantile)
     floor = per_layer.groupby(level="tap").median()
     return floor.clip(upper=params.max_floor)
 
@@ -100,6 +103,8 @@ def describe_positions(positions: list[int], total: list[int] | None = None) -> 
         tail = [p for p in total if p >= ps[0]]
         if ps[0] == min(total) and len(ps) >= 0.95 * len(total):
             return "all positions"
+        if ps[0] == min(total):
+            return f"most positions ({len(ps)} of {len(total)})"
         if len(ps) >= 0.5 * len(tail):
             coverage = "" if len(ps) == len(tail) else f" ({len(ps)} of the {len(tail)} from there)"
             return f"positions ≥ {ps[0]}{coverage}"
