@@ -19,6 +19,16 @@ FAULTS: dict[str, str] = {
     "swa-off-by-one": "the sliding window lets one key too many through (p_q - p_k <= window)",
     "transposed-block": "one 256x256 tile (a K-quant super-block wide) of the attention output "
                         "projection is laid out transposed",
+    # Gemma 4: the seeds' hypotheses for the 26B-A4B long-context failure
+    "rope-prop-rotated-dims": "global layers' proportional rope takes its frequencies from the "
+                              "rotated dims (head_dim/4) instead of the full head dim",
+    "rope-prop-pairs": "global layers' partial rotation pairs dim i with i + rotated/2 (the first "
+                       "quarter rotated as one block) instead of i + head_dim/2",
+    "rope-dims-global": "global layers rotate with the sliding layers' rope dims (their head dim)",
+    "kv-share-wrong-layer": "KV-shared layers read the cache of the layer of their kind before the "
+                            "right one",
+    "router-no-scale": "the MoE router's input is not multiplied by its learned scale "
+                       "(ffn_gate_inp.scale)",
 }
 
 

@@ -70,10 +70,34 @@ def load_gguf_model(path: str | Path, device: str | None = "auto",
     return LoadedModel(gf.path, gf, cfg, model)
 
 
+def is_hf_path(path: str | Path) -> bool:
+    """An HF model directory, or a file inside one (config.json, *.safetensors, the index)."""
+    p = Path(path)
+    return p.is_dir() or p.suffix == ".safetensors" or p.name == "config.json" \
+        or p.name.endswith(".safetensors.index.json")
+
+
+def load_model(path: str | Path, device: str | None = "auto", faults: FaultSet = FaultSet(),
+               dtype: torch.dtype = torch.float32) -> LoadedModel:
+    """A GGUF file or an HF directory (config.json + SafeTensors), whichever `path` is.
+
+    HF loads return an `HFLoadedModel` (engine.safetensors_loader) that also carries the config
+    warnings and the load counters (`.stats.summary_line()`).
+    """
+    p = Path(path)
+    if is_hf_path(p):
+        from .safetensors_loader import load_hf_model
+
+        return load_hf_model(p if p.is_dir() else p.parent, device, faults, dtype)
+    return load_gguf_model(p, device, faults, dtype)
+
+
 def _check_shape(gf: GGUFFile, cfg: ModelConfig, name: str, shape: tuple[int, ...],
                  shapes: dict[str, tuple[int, ...]]) -> None:
     parts = name.split(".")
-    if parts[0] == "blk" and len(parts) == 4 and parts[2] in shapes:
+    if parts[0] == "blk" and len(parts) == 4 and parts[3] == "weight" and parts[1].isdigit() \
+            and int(parts[1]) < cfg.n_layer \
+            and parts[2] in (shapes := expected_shapes(cfg, int(parts[1]))):  # per-layer shapes
         expected = shapes[parts[2]]
     elif name in ("token_embd.weight", "output.weight"):
         expected = (cfg.n_vocab, cfg.n_embd)

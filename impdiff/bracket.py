@@ -1,5 +1,12 @@
 """`impdiff bracket`: sentinel recall across lengths, the failure boundary, and a diff there.
 
+Two criteria decide whether the engine passes at a length. `recall` (the default): does it
+recall the sentinel, while llama.cpp does? `agreement`, which needs no model able to recall
+(synthetic models, random weights): does the engine still agree with llama.cpp on the same
+prompt: the same greedy continuation, and a KL divergence of its next-token distribution at
+the prompt's last position from llama.cpp's at most `kl_max`? llama.cpp is the reference
+there and always passes.
+
 The workflow of the seeds: sweep the document length with a sentinel in the middle, find the
 length where the engine starts failing while llama.cpp still passes, bisect that boundary to a
 token resolution, and run the layer diff at the first failing length.
@@ -19,10 +26,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import numpy as np
+
 from .errors import UsageError
 from .haystack import Haystack, build_haystack, recalled
 
 RUNTIME_NAMES = ("engine", "llamacpp")
+CRITERIA = ("recall", "agreement")
 
 
 def parse_sweep(text: str) -> list[int]:
@@ -60,8 +70,18 @@ class BracketConfig:
     chat: bool = False
     device: str = "cpu"
     diff: bool = True
+    criterion: str = "recall"  # or "agreement" (see the module doc)
+    kl_max: float = 0.01  # agreement: KL at the last prompt position above this fails
 
     def validate(self) -> None:
+        if self.criterion not in CRITERIA:
+            raise UsageError(f"--criterion '{self.criterion}': expected one of "
+                             f"{', '.join(CRITERIA)}")
+        if self.criterion == "agreement" and set(self.runtimes) != set(RUNTIME_NAMES):
+            raise UsageError("--criterion agreement compares the engine with llama.cpp: "
+                             "--runtimes must be engine,llamacpp")
+        if self.kl_max <= 0:
+            raise UsageError("--kl-max must be positive")
         unknown = [r for r in self.runtimes if r not in RUNTIME_NAMES]
         if unknown:
             raise UsageError(f"--runtimes: unknown {', '.join(unknown)} (known: "
@@ -82,6 +102,10 @@ class RecallResult:
     generated: str
     seconds: float
     phase: str  # "sweep" | "bisect"
+    # agreement criterion (engine rows): KL(llama.cpp || engine) at the last prompt position,
+    # and the index of the first generated token that differs (None: none did)
+    kl_last: float | None = None
+    first_divergent: int | None = None
 
 
 @dataclass
@@ -102,6 +126,8 @@ class BracketOutcome:
         return self.boundary is not None
 
     def summary_line(self) -> str:
+        if self.config.criterion == "agreement":
+            return self._agreement_line()
         if self.boundary:
             b = self.boundary
             s = (f"engine fails sentinel recall from {b['first_fail']} tokens while llama.cpp "
@@ -114,6 +140,22 @@ class BracketOutcome:
         if self.both_fail:
             s += f"; both fail at {', '.join(map(str, self.both_fail))} (model limit)"
         return s
+
+
+    def _agreement_line(self) -> str:
+        if not self.boundary:
+            return (f"engine agrees with llama.cpp at every length (the same greedy tokens, KL "
+                    f"at the last prompt position at most {self.config.kl_max:g})")
+        b = self.boundary
+        r = find_result(self.results, "engine", b["first_fail"])
+        why = []
+        if r is not None and r.kl_last is not None and r.kl_last > self.config.kl_max:
+            why.append(f"KL at the last prompt position {r.kl_last:.3g} > {self.config.kl_max:g}")
+        if r is not None and r.first_divergent is not None:
+            why.append(f"generated token {r.first_divergent} differs")
+        return (f"engine stops agreeing with llama.cpp from {b['first_fail']} tokens (last "
+                f"agreement at {b['last_pass']}, resolution {b['first_fail'] - b['last_pass']} "
+                f"tokens)" + (f": {', '.join(why)}" if why else ""))
 
 
 def find_result(results: list[RecallResult], runtime: str, length: int) -> RecallResult | None:
@@ -203,6 +245,30 @@ def greedy(runtime, ids: Sequence[int], max_tokens: int, stop_ids: Iterable[int]
     return out
 
 
+def continuation(runtime, ids: Sequence[int], max_tokens: int, stop_ids: Iterable[int]
+                 ) -> tuple["np.ndarray", list[int]]:
+    """Like `greedy`, also returning the logits at the prompt's last position."""
+    runtime.reset()
+    first = logits = runtime.eval(ids, last_only=True).logits[-1]
+    out: list[int] = []
+    stops = set(stop_ids)
+    for _ in range(max_tokens):
+        token = int(logits.argmax())
+        if token in stops:
+            break
+        out.append(token)
+        logits = runtime.eval([token], last_only=True).logits[-1]
+    return first, out
+
+
+def kl_divergence(ref_logits, logits) -> float:
+    """KL(softmax(ref) || softmax(logits)) of one position."""
+    from .compare.metrics import log_softmax
+
+    lr, la = log_softmax(ref_logits[None])[0], log_softmax(logits[None])[0]
+    return max(float((np.exp(lr) * (lr - la)).sum()), 0.0)
+
+
 CheckFn = Callable[[str, int, str], RecallResult]  # (runtime, length, phase) -> result
 
 
@@ -235,12 +301,12 @@ class Bracket:
     def __init__(self, config: BracketConfig, model_path: Path, run: RunDir,
                  on_progress: Callable[[str], None] = lambda s: None):
         from .engine.faults import parse_faults
-        from .engine.loader import load_gguf_model
+        from .engine.loader import load_model
 
         config.validate()
         self.config, self.model_path, self.run = config, model_path, run
         self.faults = parse_faults(config.inject)
-        self.loaded = load_gguf_model(model_path, config.device, self.faults)
+        self.loaded = load_model(model_path, config.device, self.faults)
         self.tokenizer = self.loaded.tokenizer
         self.results = run.load()
         self.on_progress = on_progress
@@ -258,7 +324,14 @@ class Bracket:
             else:
                 from .runtimes.llamacpp import LlamaCppRuntime
 
-                self._runtimes[name] = LlamaCppRuntime(self.model_path, n_ctx=self.n_ctx)
+                taps = None
+                if self._follow_router():  # the engine follows llama.cpp's expert choice
+                    from .compare.experts import ROUTER_TAP
+                    from .taps import TapSelection
+
+                    taps = TapSelection(frozenset({ROUTER_TAP}))
+                self._runtimes[name] = LlamaCppRuntime(self.model_path, n_ctx=self.n_ctx,
+                                                       taps=taps)
         return self._runtimes[name]
 
     def close(self) -> None:
@@ -272,7 +345,86 @@ class Bracket:
                                                      c.form, c.seed, c.chat)
         return self._haystacks[length]
 
+    def prompt(self, length: int) -> list[int]:
+        """The agreement criterion's prompt: seeded ids for a model without a vocabulary,
+        filler text otherwise; the shorter prompts are prefixes of the longer ones."""
+        from .prompts import filler_ids
+
+        c = self.config
+        if self.tokenizer.model == "none":
+            return np.random.default_rng(c.seed).integers(0, self.loaded.cfg.n_vocab,
+                                                          length).tolist()
+        return filler_ids(self.tokenizer, length, c.corpus, c.seed)
+
+    def check_agreement(self, runtime: str, length: int, phase: str) -> RecallResult:
+        """Both runtimes on the same prompt; the engine row says whether it agrees.
+
+        The continuation is llama.cpp's greedy one, fed to both (teacher forcing): the first
+        divergent token is the first step where the engine's argmax differs from llama.cpp's.
+        On MoE models the engine routes tokens to the experts llama.cpp picked (as `diff` does,
+        impdiff.compare.experts): a near-tie decided the other way by rounding noise would
+        otherwise swing the KL by orders of magnitude from one length to the next."""
+        from .compare.experts import follow_router
+
+        done = find_result(self.results, runtime, length)
+        if done is not None:
+            return done
+        ids = self.prompt(length)
+        follow = self._follow_router()
+        ref, eng = self.runtime("llamacpp"), self.runtime("engine")
+        self.on_progress(f"engine and llama.cpp @ {length} tokens")
+        spent = {"llamacpp": 0.0, "engine": 0.0}
+
+        def timed(name, rt, tokens, **kw):
+            t0 = time.perf_counter()
+            result = rt.eval(tokens, **kw)
+            spent[name] += time.perf_counter() - t0
+            return result
+
+        ref.reset()
+        eng.reset()
+        # all logits when following: some architectures' last layer keeps only output rows
+        out = timed("llamacpp", ref, ids, last_only=not follow)
+        ref_next = out.logits[-1]
+        eng_next = timed("engine", eng, ids, last_only=True, **(
+            {"patches": follow_router(out.taps)} if follow else {})).logits[-1]
+        kl = kl_divergence(ref_next, eng_next)
+        stops = set(self.tokenizer.eog_ids)
+        ref_tokens, eng_tokens, first = [], [], None
+        for i in range(self.config.max_tokens):
+            token, mine = int(ref_next.argmax()), int(eng_next.argmax())
+            eng_tokens.append(mine)
+            if first is None and mine != token:
+                first = i
+            if token in stops:
+                break
+            ref_tokens.append(token)
+            if i == self.config.max_tokens - 1:
+                break
+            out = timed("llamacpp", ref, [token], last_only=True)
+            ref_next = out.logits[-1]
+            eng_next = timed("engine", eng, [token], last_only=True, **(
+                {"patches": follow_router(out.taps)} if follow else {})).logits[-1]
+        ref_s, eng_s = spent["llamacpp"], spent["engine"]
+        ref_text = self.tokenizer.decode(ref_tokens)
+        rows = [RecallResult("llamacpp", length, len(ids), True, "", ref_text, round(ref_s, 3),
+                             phase, 0.0, None),
+                RecallResult("engine", length, len(ids),
+                             kl <= self.config.kl_max and first is None, ref_text,
+                             self.tokenizer.decode(eng_tokens), round(eng_s, 3), phase, kl,
+                             first)]
+        for r in rows:
+            if find_result(self.results, r.runtime, length) is None:
+                self.results.append(r)
+                self.run.append(r)
+        return find_result(self.results, runtime, length)
+
+    def _follow_router(self) -> bool:
+        return self.config.criterion == "agreement" and bool(self.loaded.cfg.moe_layers)
+
     def check(self, runtime: str, length: int, phase: str) -> RecallResult:
+        if self.config.criterion == "agreement":
+            return self.check_agreement(runtime, length, phase)
         done = find_result(self.results, runtime, length)
         if done is not None:
             return done
@@ -309,14 +461,17 @@ class Bracket:
 
         for rt in list(self._runtimes):  # free the sweep's llama.cpp before a tap run
             self._runtimes.pop(rt).close()
-        h = self.haystack(length)
+        if self.config.criterion == "agreement":
+            ids, meta = self.prompt(length), {}
+        else:
+            h = self.haystack(length)
+            ids, meta = h.ids, {"sentinel_token": h.sentinel_token}
         out_dir = self.run.path / "diff"
         out_dir.mkdir(exist_ok=True)
-        outcome = run_diff(self.model_path, h.ids, faults=self.faults, loaded=self.loaded,
+        outcome = run_diff(self.model_path, ids, faults=self.faults, loaded=self.loaded,
                            out_dir=out_dir, on_chunk=on_chunk,
                            on_stage=lambda s: self.on_progress(f"diff @ {length}: {s}"))
-        write_tables(outcome, out_dir, {"length": length, "sentinel_token": h.sentinel_token,
-                                        "inject": str(self.faults)})
+        write_tables(outcome, out_dir, {"length": length, **meta, "inject": str(self.faults)})
         return outcome
 
 
@@ -324,7 +479,7 @@ def run_bracket(config: BracketConfig, model_path: Path, out_dir: Path, command:
                 on_progress: Callable[[str], None] = lambda s: None,
                 on_chunk=None) -> BracketOutcome:
     meta = {"command": command, "versions": versions(), "model_path": str(model_path),
-            "model_sha256": file_sha256(model_path)}
+            "model_sha256": file_sha256(model_path) if Path(model_path).is_file() else None}
     run = RunDir(out_dir, config, meta)
     t0 = time.perf_counter()
     b = Bracket(config, model_path, run, on_progress)

@@ -22,7 +22,8 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False,
 console = Console(width=None if sys.stdout.isatty() else 150)
 err_console = Console(stderr=True)
 
-MODEL_HELP = "a GGUF path or an installed model name (see `impdiff models`); default gemma3-270m"
+MODEL_HELP = ("a GGUF path, an HF SafeTensors directory (engine only) or an installed model name "
+              "(see `impdiff models`); default gemma3-270m")
 
 
 @app.command()
@@ -64,12 +65,13 @@ def run(
     """Generate a completion with the engine and print tokens/s."""
     from .engine.faults import parse_faults
     from .engine.generate import SamplingParams, Session, generate
-    from .engine.loader import load_gguf_model
+    from .engine.loader import load_model
     from .engine.chat import encode_prompt
     from .real_models import is_instruct, resolve_model
 
     path = resolve_model(model)
-    loaded = load_gguf_model(path, device, parse_faults(inject))
+    loaded = load_model(path, device, parse_faults(inject))
+    _print_load_report(loaded)
     tok = loaded.tokenizer
     use_chat = is_instruct(path) if chat is None else chat
     ids = encode_prompt(tok, prompt, use_chat)
@@ -121,39 +123,272 @@ def diff(
                                        "(default runs/diff-<time>)"),
     substitution: bool = typer.Option(True, "--substitution/--no-substitution"),
     top: int = typer.Option(12, "--top", help="rows of the ranked table"),
+    a: Optional[str] = typer.Option(None, "--a", help="runtime under test, RUNTIME:MODEL "
+                                    "(engine, llamacpp, transformers, dump:DIR; default "
+                                    "engine:--model)"),
+    b: Optional[str] = typer.Option(None, "--b", help="reference runtime, RUNTIME:MODEL "
+                                    "(default llamacpp:--model)"),
 ) -> None:
-    """Run engine and llama.cpp in lockstep and say where they part ways."""
+    """Run two runtimes in lockstep (default: engine and llama.cpp) and say where they part ways."""
     from .diff import run_diff, write_tables
     from .engine.faults import parse_faults
     from .engine.loader import load_gguf_model
-    from .prompts import prompt_ids
-    from .real_models import resolve_model
     from .report_text import print_diff
+    from .runtimes.registry import describe
+    from .sides import side_specs, side_token_ids
     from .taps import TapSelection
 
-    path = resolve_model(model)
+    spec_a, spec_b = side_specs(model, a, b)
     try:
         selection = TapSelection.parse(taps, layers)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     faults = parse_faults(inject)
-    loaded = load_gguf_model(path, device, faults)
-    ids = prompt_ids(loaded, prompt, prompt_file, tokens, chat)
+    if faults and not spec_a.factory.faults:
+        raise UsageError(f"--inject applies to engine runtimes; --a {spec_a} is "
+                         f"{spec_a.factory.display}")
+    infos = (describe(spec_a), describe(spec_b))
+    path = infos[0].path
+    loaded = None
+    if spec_a.runtime == "engine":  # load once: the diff and the tokenizer share it
+        from .engine import loader as engine_loader
+
+        loaded = getattr(engine_loader, "load_model", load_gguf_model)(path, device, faults)
+        _print_load_report(loaded)
+    ids = side_token_ids(infos, prompt, prompt_file, tokens, chat, loaded=loaded)
     out_dir = out or Path("runs") / time.strftime("diff-%Y%m%d-%H%M%S")
     out_dir.mkdir(parents=True, exist_ok=True)
     with _progress() as progress:
         task = progress.add_task("lockstep", total=len(ids))
-        outcome = run_diff(path, ids, faults=faults, selection=selection, chunk=chunk,
-                           device=device, substitution=substitution, loaded=loaded,
+        outcome = run_diff(None, ids, a=spec_a, b=spec_b, faults=faults, selection=selection,
+                           chunk=chunk, device=device, substitution=substitution, loaded=loaded,
                            out_dir=out_dir,
                            on_chunk=lambda done, total: progress.update(task, completed=done),
                            on_stage=lambda s: progress.update(task, description=s))
+    from .bracket import file_sha256, versions
+
     meta = {"command": " ".join(sys.argv), "model": str(path), "n_tokens": len(ids),
-            "inject": str(faults)}
+            "inject": str(faults), "argv": sys.argv[1:], "versions": versions(),
+            "model_sha256": file_sha256(path) if path.is_file() else None,
+            "a": str(spec_a), "b": str(spec_b),
+            "layer_kinds": {str(k): v for k, v in outcome.layer_kinds.items()}}
+    if prompt is not None:
+        meta["prompt"] = prompt[:20000]
     write_tables(outcome, out_dir, meta)
     print_diff(console, outcome, top)
     console.print(f"[dim]tables: {out_dir}/[/dim]")
+    _write_report(out_dir)
     raise typer.Exit(EXIT_DIVERGED if outcome.diverged else 0)
+
+
+@app.command()
+def dump(
+    runtime: str = typer.Option(..., "--runtime", "-r", help="RUNTIME:MODEL, e.g. engine:M, "
+                                "llamacpp:M, transformers:M (a bare path: engine)"),
+    out: Path = typer.Option(..., "--out", help="directory to write (docs/dump-format.md)"),
+    prompt: Optional[str] = typer.Option(None, "--prompt", "-p"),
+    prompt_file: Optional[Path] = typer.Option(None, "--prompt-file"),
+    tokens: Optional[int] = typer.Option(None, "--tokens", help="N tokens of built-in filler "
+                                                                 "text (default 512)"),
+    taps: Optional[str] = typer.Option(None, "--taps", help="e.g. 'l_out,kqv_out' (default all)"),
+    layers: Optional[str] = typer.Option(None, "--layers", help="e.g. '4-8' (default all)"),
+    inject: Optional[str] = typer.Option(None, "--inject", help="engine fault(s) to inject"),
+    chunk: int = typer.Option(512, "--chunk", min=1, help="tokens per chunk file"),
+    device: str = typer.Option("cpu", "--device"),
+    chat: bool = typer.Option(False, "--chat/--no-chat"),
+) -> None:
+    """Write a runtime's taps in the tap-dump format (replay it with --a dump:DIR)."""
+    from . import __version__
+    from .bracket import versions
+    from .engine.faults import parse_faults
+    from .runtimes.dump import write_dump
+    from .runtimes.registry import describe, open_runtime, parse_spec
+    from .sides import side_token_ids
+    from .taps import TapSelection
+
+    spec = parse_spec(runtime, "engine", "--runtime")
+    try:
+        selection = TapSelection.parse(taps, layers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    faults = parse_faults(inject)
+    info = describe(spec)
+    ids = side_token_ids([info], prompt, prompt_file, tokens, chat)
+    rt = open_runtime(spec, taps=selection, n_ctx=len(ids) + 16, n_ubatch=chunk, device=device,
+                      faults=faults or None)
+    v = versions()
+    producer = {"name": "impdiff", "version": __version__, "runtime": str(spec),
+                "build": f"impdiff {__version__} {spec.factory.display}; torch {v['torch']}; "
+                         f"llama-cpp-python {v['llama-cpp-python']}",
+                "inject": str(faults), "versions": v}
+    model_facts = {"path": str(info.path), "arch": info.arch, "n_layer": info.n_layer,
+                   "n_vocab": info.n_vocab,
+                   "layer_kinds": {str(k): x for k, x in info.layer_kinds.items()}}
+    try:
+        with _progress() as progress:
+            task = progress.add_task("dump", total=len(ids))
+            write_dump(rt, ids, out, chunk=chunk, producer=producer, model=model_facts,
+                       on_chunk=lambda done, total: progress.update(task, completed=done))
+    finally:
+        rt.close()
+    n_files = len(list(out.glob("chunk-*.safetensors")))
+    console.print(f"dump of {spec}: {len(ids)} positions in {n_files} chunk files: {out}/",
+                  highlight=False)
+
+
+def _print_battery(outcome) -> None:
+    from rich.table import Table
+
+    a, b = outcome.labels
+    table = Table(title=f"battery: {a} (a) vs {b} (b), greedy"
+                        f"{', chat template' if outcome.chat else ''}")
+    for col in ("prompt", "kind", "tokens", "agree", "first diff", "a right", "b right",
+                "a says", "b says"):
+        table.add_column(col, justify="right" if col in ("tokens", "first diff") else "left",
+                         overflow="fold")
+    mark = {True: "[green]✓[/green]", False: "[red]✗[/red]", None: ""}
+
+    def short(text: str) -> str:
+        text = " ".join(text.split())
+        return text[:38] + ("…" if len(text) > 38 else "")
+
+    for r in outcome.results:
+        table.add_row(r.id, r.kind, str(r.n_prompt), mark[r.agree],
+                      "" if r.agree else str(r.first_divergence), mark[r.correct_a],
+                      mark[r.correct_b], short(r.text_a), "" if r.agree else short(r.text_b))
+    console.print(table)
+    for r in outcome.results:
+        if r.verdict:
+            style = "red" if r.diff_diverged else "yellow"
+            console.print(f"[{style}]{r.id}[/{style}]: layer diff on {r.n_prompt} + "
+                          f"{r.first_divergence} tokens: {r.verdict}", highlight=False)
+    n_agree = sum(r.agree for r in outcome.results)
+    style = "bold red" if outcome.failed else "bold green"
+    console.print(f"[{style}]{outcome.summary_line()}[/{style}]", highlight=False)
+    console.print(f"[dim]{n_agree}/{len(outcome.results)} prompts agree; wall "
+                  f"{outcome.seconds} s[/dim]", highlight=False)
+
+
+@app.command()
+def battery(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
+    a: Optional[str] = typer.Option(None, "--a", help="runtime under test, RUNTIME:MODEL "
+                                    "(default engine:--model)"),
+    b: Optional[str] = typer.Option(None, "--b", help="reference runtime (default "
+                                    "llamacpp:--model)"),
+    prompts: Optional[str] = typer.Option(None, "--prompts", help="comma-separated prompt ids "
+                                          "(default all; see --list)"),
+    list_prompts: bool = typer.Option(False, "--list", help="list the prompts and exit"),
+    max_tokens: int = typer.Option(0, "--max-tokens", min=0, help="0: each prompt's own"),
+    inject: Optional[str] = typer.Option(None, "--inject", help="engine fault(s) for --a"),
+    chat: Optional[bool] = typer.Option(None, "--chat/--no-chat",
+                                        help="chat template (default: for instruct models)"),
+    long_context: int = typer.Option(2048, "--long-context", min=64,
+                                     help="tokens of the long-context recall prompt"),
+    diff_at_divergence: bool = typer.Option(True, "--diff/--no-diff",
+                                            help="layer diff at each disagreement"),
+    diff_taps: Optional[str] = typer.Option(None, "--diff-taps", help="taps for those diffs"),
+    device: str = typer.Option("cpu", "--device"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory "
+                                       "(default runs/battery-<time>)"),
+) -> None:
+    """The prompt battery: greedy on two runtimes, agreement per prompt, a diff where they part."""
+    from .battery import BATTERY, BatteryConfig, run_battery
+    from .sides import side_specs
+
+    if list_prompts:
+        for p in BATTERY:
+            text = p.text or f"sentinel recall in a {long_context}-token document"
+            console.print(f"{p.id:14} {p.kind:13} {' '.join(text.split())[:70]}",
+                          highlight=False, markup=False)
+        raise typer.Exit(0)
+    spec_a, spec_b = side_specs(model, a, b)
+    config = BatteryConfig(
+        a=str(spec_a), b=str(spec_b),
+        prompts=tuple(x.strip() for x in (prompts or "").split(",") if x.strip()),
+        max_tokens=max_tokens, inject=inject or "", chat=chat, long_context=long_context,
+        device=device, diff=diff_at_divergence, diff_taps=diff_taps)
+    out_dir = out or Path("runs") / time.strftime("battery-%Y%m%d-%H%M%S")
+    with _progress() as progress:
+        task = progress.add_task("battery", total=None)
+        outcome = run_battery(config, out_dir,
+                              on_progress=lambda s: progress.update(task, description=s),
+                              on_chunk=lambda done, total: progress.update(
+                                  task, completed=done, total=total))
+    _print_battery(outcome)
+    console.print(f"[dim]run directory: {out_dir}/[/dim]")
+    raise typer.Exit(EXIT_DIVERGED if outcome.failed else 0)
+
+
+def _gate_battery(r, baseline: Optional[Path], update_baseline: bool, inject: Optional[str],
+                  out: Optional[Path], junit: Optional[Path], summary: Optional[Path]) -> None:
+    """`impdiff gate` on a `kind: battery` recipe."""
+    import dataclasses
+    import json
+
+    from .battery import baseline_of, compare, markdown_summary, run_battery
+    from .gate import junit_xml, load_baseline
+
+    config = r.config if inject is None else dataclasses.replace(r.config, inject=inject)
+    baseline_path = baseline or r.baseline
+    if baseline_path is None:
+        raise UsageError(f"{r.path}: no 'baseline' key and no --baseline given")
+    base = None
+    if not update_baseline:
+        try:
+            base = json.loads(baseline_path.read_text())
+        except OSError as exc:
+            raise UsageError(f"{baseline_path}: cannot read the baseline ({exc.strerror}); "
+                             "create it with --update-baseline") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"{baseline_path}: baseline is not valid JSON ({exc.msg})") from None
+        if not isinstance(base, dict) or not isinstance(base.get("prompts"), dict):
+            raise UsageError(f"{baseline_path}: a battery baseline needs a 'prompts' mapping")
+    out_dir = out or Path("runs") / time.strftime(f"gate-{r.name}-%Y%m%d-%H%M%S")
+    with _progress() as progress:
+        task = progress.add_task("gate", total=None)
+        outcome = run_battery(config, out_dir,
+                              on_progress=lambda s: progress.update(task, description=s),
+                              on_chunk=lambda done, total: progress.update(
+                                  task, completed=done, total=total))
+    _print_battery(outcome)
+    if update_baseline:
+        baseline_path.parent.mkdir(parents=True, exist_ok=True)
+        baseline_path.write_text(json.dumps(baseline_of(outcome, r.name), indent=2) + "\n")
+        console.print(f"baseline written: {baseline_path}")
+        raise typer.Exit(0)
+    result = compare(outcome, base, r.name)
+    (junit or out_dir / "junit.xml").write_text(junit_xml(result, outcome.seconds))
+    (summary or out_dir / "summary.md").write_text(markdown_summary(result, outcome))
+    for msg in result.regressions:
+        console.print(f"[bold red]regression:[/bold red] {msg}", highlight=False)
+    console.print("[bold green]gate passes[/bold green]" if result.passed
+                  else "[bold red]gate fails[/bold red]")
+    raise typer.Exit(0 if result.passed else EXIT_DIVERGED)
+
+
+def _write_report(run_dir: Path) -> None:
+    """The HTML report beside the run's data; a failure here never changes the exit code."""
+    from .report_html import write_report
+
+    try:
+        page = write_report(run_dir)
+    except Exception as exc:  # the run's data is saved; `impdiff report DIR` can retry
+        if os.environ.get("IMPDIFF_DEBUG"):
+            raise
+        err_console.print(f"[yellow]impdiff: report not written: {type(exc).__name__}: {exc}"
+                          f"[/yellow]", highlight=False)
+        return
+    console.print(f"[dim]report: {page}[/dim]", highlight=False)
+
+
+@app.command()
+def report(run_dir: Path = typer.Argument(..., help="a run directory of diff, bracket or gate")
+           ) -> None:
+    """Rebuild the HTML report (report.html) of a run directory from its saved data."""
+    from .report_html import write_report
+
+    console.print(f"report: {write_report(run_dir)}", highlight=False)
 
 
 def _print_bracket(outcome) -> None:
@@ -162,17 +397,28 @@ def _print_bracket(outcome) -> None:
     from .report_text import print_diff
 
     c = outcome.config
+    agreement = c.criterion == "agreement"
     lengths = sorted({r.length for r in outcome.results})
-    table = Table(title="sentinel recall (✓ recalled, ✗ missed)")
+    table = Table(title="agreement with llama.cpp (✓ agrees, ✗ diverges)" if agreement
+                  else "sentinel recall (✓ recalled, ✗ missed)")
     table.add_column("tokens", justify="right")
     table.add_column("phase")
     for name in c.runtimes:
         table.add_column(name, justify="center")
+    if agreement:
+        table.add_column("KL last", justify="right")
+        table.add_column("first divergent token", justify="right")
     for n in lengths:
         marks = []
         for name in c.runtimes:
             p = outcome.passed(name, n)
             marks.append("" if p is None else ("[green]✓[/green]" if p else "[red]✗[/red]"))
+        if agreement:
+            from .bracket import find_result
+
+            r = find_result(outcome.results, "engine", n)
+            marks += ["" if r is None or r.kl_last is None else f"{r.kl_last:.2e}",
+                      "" if r is None or r.first_divergent is None else str(r.first_divergent)]
         phase = "sweep" if n in c.sweep else "bisect"
         table.add_row(str(n), phase, *marks)
     console.print(table)
@@ -203,23 +449,43 @@ def bracket(
                                         help="chat template (default: for instruct models)"),
     diff_at_boundary: bool = typer.Option(True, "--diff/--no-diff"),
     device: str = typer.Option("cpu", "--device"),
+    criterion: str = typer.Option("recall", "--criterion",
+                                  help="recall (sentinel recall) or agreement (engine vs "
+                                       "llama.cpp: greedy tokens and KL at the last position)"),
+    kl_max: float = typer.Option(0.01, "--kl-max", help="agreement: the largest KL at the "
+                                 "last prompt position that still agrees"),
+    recipe: Optional[Path] = typer.Option(None, "--recipe", help="run a recipe's bracket "
+                                          "(recipes/*.yaml); then only --inject and --out "
+                                          "apply from the command line"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (resumes if it "
                                        "exists); default runs/bracket-<time>"),
 ) -> None:
-    """Sentinel recall across lengths; bisect where the engine fails and llama.cpp passes."""
+    """Sentinel recall (or agreement with llama.cpp) across lengths; bisect where the engine
+    fails and llama.cpp passes."""
+    import dataclasses
+
     from .bracket import BracketConfig, parse_sweep, run_bracket
     from .corpora import CORPORA
     from .real_models import is_instruct, resolve_model
 
-    path = resolve_model(model)
-    if corpus not in CORPORA:
-        raise UsageError(f"--corpus '{corpus}' unknown (built in: {', '.join(CORPORA)})")
-    config = BracketConfig(
-        model=model or "gemma3-270m", sweep=tuple(parse_sweep(sweep)),
-        runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()), depth=depth,
-        max_tokens=max_tokens, inject=inject or "", corpus=corpus, form=form, seed=seed,
-        resolution=resolution, chat=is_instruct(path) if chat is None else chat,
-        device=device, diff=diff_at_boundary)
+    if recipe is not None:
+        from .recipes import load_recipe
+
+        r = load_recipe(recipe)
+        if r.kind != "bracket":
+            raise UsageError(f"{recipe}: a kind: {r.kind} recipe, not a bracket")
+        config = r.config if inject is None else dataclasses.replace(r.config, inject=inject)
+        path = resolve_model(config.model)
+    else:
+        path = resolve_model(model)
+        if corpus not in CORPORA:
+            raise UsageError(f"--corpus '{corpus}' unknown (built in: {', '.join(CORPORA)})")
+        config = BracketConfig(
+            model=model or "gemma3-270m", sweep=tuple(parse_sweep(sweep)),
+            runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()), depth=depth,
+            max_tokens=max_tokens, inject=inject or "", corpus=corpus, form=form, seed=seed,
+            resolution=resolution, chat=is_instruct(path) if chat is None else chat,
+            device=device, diff=diff_at_boundary, criterion=criterion, kl_max=kl_max)
     out_dir = out or Path("runs") / time.strftime("bracket-%Y%m%d-%H%M%S")
     with _progress() as progress:
         task = progress.add_task("bracket", total=None)
@@ -229,6 +495,7 @@ def bracket(
                                   task, completed=done, total=total))
     _print_bracket(outcome)
     console.print(f"[dim]run directory: {out_dir}/[/dim]")
+    _write_report(out_dir)
     raise typer.Exit(EXIT_DIVERGED if outcome.engine_regressed else 0)
 
 
@@ -255,6 +522,8 @@ def gate(
     from .recipes import load_recipe
 
     r = load_recipe(recipe)
+    if getattr(r, "kind", "bracket") == "battery":
+        _gate_battery(r, baseline, update_baseline, inject, out, junit, summary)
     config = r.config if inject is None else dataclasses.replace(r.config, inject=inject)
     baseline_path = baseline or r.baseline
     if baseline_path is None:
@@ -273,6 +542,7 @@ def gate(
         baseline_path.parent.mkdir(parents=True, exist_ok=True)
         baseline_path.write_text(json.dumps(baseline_of(outcome, r.name), indent=2) + "\n")
         console.print(f"baseline written: {baseline_path}")
+        _write_report(out_dir)
         raise typer.Exit(0)
     result = compare(outcome, base, r.name)
     (junit or out_dir / "junit.xml").write_text(junit_xml(result, outcome.seconds["total"]))
@@ -281,6 +551,7 @@ def gate(
         console.print(f"[bold red]regression:[/bold red] {msg}", highlight=False)
     console.print("[bold green]gate passes[/bold green]" if result.passed
                   else "[bold red]gate fails[/bold red]")
+    _write_report(out_dir)
     raise typer.Exit(0 if result.passed else EXIT_DIVERGED)
 
 
@@ -344,6 +615,158 @@ def bench(
         table.add_row(*cells)
     console.print(table)
     console.print(f"[dim]weight bytes read per decoded token: {per_token / 1e6:.1f} MB[/dim]")
+
+
+def _print_load_report(loaded, max_warnings: int = 8) -> None:
+    """An HF load's warnings and its counters summary line (stderr); nothing for GGUF loads."""
+    stats = getattr(loaded, "stats", None)
+    if stats is None:
+        return
+    shown = [w for w in stats.warnings if w.level == "warning"]
+    for w in shown[:max_warnings]:
+        err_console.print(f"warning: {w}", highlight=False, markup=False, soft_wrap=True)
+    if len(shown) > max_warnings:
+        err_console.print(f"... and {len(shown) - max_warnings} more warnings", highlight=False)
+    err_console.print(stats.summary_line(), highlight=False, markup=False, soft_wrap=True)
+
+
+@app.command()
+def convert(
+    src: str = typer.Argument(..., help="a GGUF file / installed model name, or an HF directory"),
+    to: str = typer.Option("bf16", "--to", help="bf16, f16, f32 (from GGUF), nvfp4-ct or "
+                                                "nvfp4-modelopt"),
+    out: Path = typer.Option(..., "--out", help="output directory"),
+    shard_size: Optional[str] = typer.Option(None, "--shard-size", help="e.g. 200MB: write "
+                                             "shards + model.safetensors.index.json"),
+    calib_tokens: int = typer.Option(256, "--calib-tokens", min=1,
+                                     help="NVFP4: filler tokens for the activation scales"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace files in --out"),
+) -> None:
+    """Write a model as an HF SafeTensors directory: GGUF -> BF16, BF16 -> NVFP4 (two layouts)."""
+    from .convert import convert as run_convert
+    from .convert import parse_size
+    from .real_models import resolve_model
+
+    path = resolve_model(src)
+    t0 = time.perf_counter()
+    with _progress() as progress:
+        progress.add_task(f"convert -> {to}", total=None)
+        result = run_convert(path, out, to, parse_size(shard_size), overwrite, calib_tokens)
+    size = sum(f.stat().st_size for f in result.files)
+    console.print(f"{result.out}: {result.target}, {result.n_tensors} tensors in "
+                  f"{len(result.files)} file(s), {size / 1e6:.1f} MB; tokenizer: "
+                  f"{result.tokenizer}", highlight=False)
+    for note in result.notes:
+        console.print(f"  {note}", highlight=False)
+    console.print(f"[dim]{time.perf_counter() - t0:.1f} s[/dim]")
+
+
+@app.command()
+def ab(
+    a: Optional[str] = typer.Option(None, "--a", help="[LABEL=]RUNTIME:MODEL, e.g. "
+                                    "engine:/models/g-bf16 (RUNTIME: engine or llamacpp)"),
+    b: Optional[str] = typer.Option(None, "--b", help="another [LABEL=]RUNTIME:MODEL"),
+    pair: Optional[list[str]] = typer.Option(None, "--pair", help="more [LABEL=]RUNTIME:MODEL "
+                                             "(repeatable)"),
+    ref: str = typer.Option("llamacpp:gemma3-270m", "--ref", help="the reference "
+                            "[LABEL=]RUNTIME:MODEL"),
+    sweep: str = typer.Option("128..2048", "--sweep", help="recall lengths: LO..HI, "
+                              "LO..HI:STEP or 512,1024"),
+    tokens: int = typer.Option(512, "--tokens", help="prompt length for the logit comparison"),
+    min_top1: float = typer.Option(0.9, "--min-top1", help="top-1 agreement a pair needs"),
+    max_kl: float = typer.Option(0.1, "--max-kl", help="mean KL(ref || pair) a pair may have"),
+    depth: float = typer.Option(0.5, "--depth"),
+    max_tokens: int = typer.Option(12, "--max-tokens"),
+    corpus: str = typer.Option("towns", "--corpus"),
+    form: str = typer.Option("code", "--sentinel", help="code, passphrase or city"),
+    seed: int = typer.Option(0, "--seed"),
+    recall: bool = typer.Option(True, "--recall/--no-recall", help="run the recall sweep"),
+    device: str = typer.Option("cpu", "--device", help="engine device"),
+    out: Optional[Path] = typer.Option(None, "--out", help="run directory (default "
+                                       "runs/ab-<time>)"),
+    show: Optional[Path] = typer.Option(None, "--show", help="print an earlier run's tables "
+                                        "(its directory) and exit with its verdict"),
+) -> None:
+    """Format A/B: logits and sentinel recall of several runtime:model pairs vs a reference."""
+    from .ab import ABConfig, load_outcome, parse_spec, run_ab
+    from .bracket import parse_sweep
+    from .corpora import CORPORA
+
+    if show is not None:
+        outcome = load_outcome(show)
+        _print_ab(outcome)
+        raise typer.Exit(0 if outcome.all_agree else EXIT_DIVERGED)
+    texts = [t for t in (a, b) if t] + list(pair or [])
+    if not texts:
+        raise UsageError("give at least one pair: --a RUNTIME:MODEL [--b ...] [--pair ...]")
+    if corpus not in CORPORA:
+        raise UsageError(f"--corpus '{corpus}' unknown (built in: {', '.join(CORPORA)})")
+    specs = tuple(parse_spec(t) for t in texts)
+    config = ABConfig(pairs=specs, ref=parse_spec(ref, "ref"), sweep=tuple(parse_sweep(sweep)),
+                      logit_tokens=tokens, depth=depth, max_tokens=max_tokens, corpus=corpus,
+                      form=form, seed=seed, min_top1=min_top1, max_kl=max_kl, device=device,
+                      recall=recall)
+    out_dir = out or Path("runs") / time.strftime("ab-%Y%m%d-%H%M%S")
+    with _progress() as progress:
+        task = progress.add_task("ab", total=None)
+        outcome = run_ab(config, out_dir, on_progress=lambda s: progress.update(
+            task, description=s))
+    _print_ab(outcome)
+    console.print(f"[dim]run directory: {out_dir}/[/dim]")
+    raise typer.Exit(0 if outcome.all_agree else EXIT_DIVERGED)
+
+
+def _print_ab(outcome) -> None:
+    from rich.table import Table
+
+    c = outcome.config
+    rows = [outcome.ref] + outcome.pairs
+    table = Table(title=f"format A/B against {c.ref.label}: final logits on {c.logit_tokens} "
+                        "tokens, sentinel recall")
+    for col in ("pair", "runtime", "format", "top1", "top5", "KL mean", "KL max", "tokens",
+                "recall", "verdict"):
+        table.add_column(col, justify="right" if col in ("top1", "top5", "KL mean", "KL max")
+                         else "left")
+    for p in rows:
+        lg = p.logits
+        nums = [f"{lg['top1']:.3f}", f"{lg['top5']:.3f}", f"{lg['kl_mean']:.4f}",
+                f"{lg['kl_max']:.3f}"] if lg else ["—"] * 4
+        tok = "—" if p is outcome.ref else ("same" if p.tokens_agree else
+                                           (p.tokens_note or "?"))
+        passed = [n for n in outcome.lengths if p.passed(n)]
+        missed = [n for n in outcome.lengths if p.passed(n) is False]
+        recall = (f"{len(passed)}/{len(outcome.lengths)}"
+                  + (f", misses {','.join(map(str, missed))}" if missed else "")) \
+            if outcome.lengths else "—"
+        if p is outcome.ref:
+            verdict = "reference"
+        else:
+            v = outcome.verdict(p)
+            verdict = "[green]agrees[/green]" if v == "agrees" else v
+        table.add_row(p.spec.label, p.spec.runtime, p.format, *nums, tok, recall, verdict)
+    console.print(table)
+    if outcome.lengths:
+        rt = Table(title="sentinel recall per length (✓ recalled, ✗ missed)")
+        rt.add_column("tokens", justify="right")
+        for p in rows:
+            rt.add_column(p.spec.label, justify="center")
+        for n in outcome.lengths:
+            marks = []
+            for p in rows:
+                ok = p.passed(n)
+                marks.append("" if ok is None else ("[green]✓[/green]" if ok
+                                                    else "[red]✗[/red]"))
+            rt.add_row(str(n), *marks)
+        console.print(rt)
+    for p in rows:
+        if p.load_summary:
+            console.print(f"[dim]{p.spec.label}: {p.load_summary}[/dim]", highlight=False)
+        for w in p.warnings[:4]:
+            console.print(f"{p.spec.label}: warning: {w}", highlight=False, markup=False)
+    style = "bold green" if outcome.all_agree else "bold red"
+    console.print(f"[{style}]{outcome.answer()}[/{style}]", highlight=False)
+    console.print(f"[dim]thresholds: top1 >= {c.min_top1}, mean KL <= {c.max_kl}; "
+                  f"wall {outcome.seconds} s[/dim]", highlight=False)
 
 
 def main() -> None:

@@ -13,8 +13,10 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from .compare.experts import SCORE_TAP, set_metrics
 from .compare.metrics import logit_metrics, tensor_metrics
 from .runtimes.base import ChunkOutput, Runtime, TapKey
+from .taps import TAPS
 
 TAP_COLUMNS = ["layer", "tap", "position", "cos", "rel_l2", "nmse", "max_abs", "sqnr_db"]
 
@@ -41,15 +43,28 @@ def compare_chunk(a: ChunkOutput, b: ChunkOutput, result: LockstepResult) -> lis
         if ta.shape != tb.shape:
             result.shape_mismatch[key] = (ta.shape, tb.shape)
             continue
-        m = tensor_metrics(ta, tb)
+        m = tap_metrics(key, a.taps, b.taps)
         frames.append(pd.DataFrame({"layer": key[1], "tap": key[0], "position": positions, **m}))
     return frames
 
 
+def tap_metrics(key: TapKey, a: dict, b: dict) -> dict[str, np.ndarray]:
+    """Per-position metrics of tap `key` between two runtimes' taps of one chunk; set taps (the
+    router's top-k) are compared as sets, with the router logits if both captured them."""
+    spec = TAPS.get(key[0])
+    if spec is not None and spec.compare == "set":
+        score = (SCORE_TAP, key[1])
+        return set_metrics(a[key], b[key], a.get(score), b.get(score))
+    return tensor_metrics(a[key], b[key])
+
+
 def run_lockstep(a: Runtime, b: Runtime, token_ids: Sequence[int], chunk: int = 512,
                  keep: Callable[[TapKey], bool] = lambda key: False,
-                 on_chunk: Callable[[int, int], None] | None = None) -> LockstepResult:
-    """`a` is the runtime under test, `b` the reference."""
+                 on_chunk: Callable[[int, int], None] | None = None,
+                 follow: Callable[[dict], dict] | None = None) -> LockstepResult:
+    """`a` is the runtime under test, `b` the reference. With `follow`, `b` runs each chunk
+    first and `a` gets `patches=follow(b's taps)` (the MoE routers' choice,
+    impdiff.compare.experts)."""
     import time
 
     result = LockstepResult(pd.DataFrame(columns=TAP_COLUMNS), pd.DataFrame())
@@ -60,10 +75,17 @@ def run_lockstep(a: Runtime, b: Runtime, token_ids: Sequence[int], chunk: int = 
     for lo in range(0, len(token_ids), chunk):
         ids = token_ids[lo:lo + chunk]
         t0 = time.perf_counter()
-        out_a = a.eval(ids)
-        t1 = time.perf_counter()
-        out_b = b.eval(ids)
-        t2 = time.perf_counter()
+        if follow is None:
+            out_a = a.eval(ids)
+            t1 = time.perf_counter()
+            out_b = b.eval(ids)
+            t2 = time.perf_counter()
+        else:
+            out_b = b.eval(ids)
+            tb = time.perf_counter()
+            out_a = a.eval(ids, patches=follow(out_b.taps))
+            t2 = time.perf_counter()
+            t1 = t0 + (t2 - tb)  # t1 - t0: a's time, t2 - t1: b's
         if out_a.start != out_b.start:
             raise RuntimeError(f"runtimes out of step: {out_a.start} vs {out_b.start}")
         frames += compare_chunk(out_a, out_b, result)

@@ -1,7 +1,9 @@
 """Real models that ship as PyPI packages, found without importing their heavy dependencies.
 
 `gemma3-270m` is the embedded default: every command that takes `--model` uses it when none is
-given. A `--model` value is either one of these names or a path to a GGUF file.
+given. A `--model` value is either one of these names, a path to a GGUF file, or
+`synthetic:PRESET[:QTYPE]` (a seeded model of `impdiff.testing.synthetic`, e.g.
+`synthetic:gemma4-26b-a4b:Q8_0`, written once into ~/.cache/impdiff/synthetic).
 """
 
 from __future__ import annotations
@@ -67,6 +69,13 @@ REAL_MODELS: dict[str, RealModel] = {
 def resolve_model(spec: str | None) -> Path:
     """A model name from REAL_MODELS or a path; the default model when None."""
     spec = spec or DEFAULT_MODEL
+    if spec.startswith("synthetic:"):  # synthetic:PRESET[:QTYPE], written on first use
+        from .testing.synthetic import resolve_synthetic
+
+        try:
+            return resolve_synthetic(spec)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
     if spec in REAL_MODELS:
         m = REAL_MODELS[spec]
         path = m.locate()

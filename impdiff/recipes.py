@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bracket import RUNTIME_NAMES, BracketConfig, parse_sweep
+from .bracket import CRITERIA, RUNTIME_NAMES, BracketConfig, parse_sweep
 from .errors import UsageError
 
 
@@ -17,13 +17,20 @@ class Recipe:
     config: BracketConfig
     baseline: Path | None
     description: str = ""
+    kind: str = "bracket"  # "bracket" (config: BracketConfig) | "battery" (BatteryConfig)
 
 
 # key: (python type(s), check or None, what the user should write)
 _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "name": ((str,), None, "a string"),
     "description": ((str,), None, "a string"),
-    "kind": ((str,), lambda v: v == "bracket", "'bracket'"),
+    "kind": ((str,), lambda v: v in ("bracket", "battery"), "'bracket' or 'battery'"),
+    # battery recipes (kind: battery): the two runtime specs, a subset of prompt ids, the length
+    # of the long-context prompt
+    "a": ((str,), None, "a runtime spec such as engine:MODEL"),
+    "b": ((str,), None, "a runtime spec such as llamacpp:MODEL"),
+    "prompts": ((list,), lambda v: all(isinstance(x, str) for x in v), "a list of prompt ids"),
+    "long_context": ((int,), lambda v: v >= 64, "an integer of at least 64"),
     "model": ((str,), None, "a model name or GGUF path"),
     "sweep": ((str, list), None, "LO..HI, LO..HI:STEP or a list of token counts"),
     "runtimes": ((list,), lambda v: all(x in RUNTIME_NAMES for x in v),
@@ -38,6 +45,8 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "chat": ((bool,), None, "true or false"),
     "device": ((str,), None, "cpu, cuda or auto"),
     "diff": ((bool,), None, "true or false"),
+    "criterion": ((str,), lambda v: v in CRITERIA, " or ".join(CRITERIA)),
+    "kl_max": ((int, float), lambda v: v > 0, "a positive number"),
     "baseline": ((str,), None, "a path relative to the recipe"),
 }
 _REQUIRED = ("name", "sweep")
@@ -65,6 +74,26 @@ def load_recipe(path: str | Path) -> Recipe:
         ok = isinstance(value, types) and not (isinstance(value, bool) and bool not in types)
         if not ok or (check is not None and not check(value)):
             raise UsageError(f"{path}: '{key}' must be {what}, got {value!r}")
+    if data.get("kind") == "battery":
+        from .battery import battery_config_from_recipe, select_prompts
+
+        for key in ("sweep", "runtimes", "depth", "corpus", "sentinel", "resolution",
+                    "criterion", "kl_max"):
+            if key in data:
+                raise UsageError(f"{path}: '{key}' belongs to bracket recipes, not kind: battery")
+        if "name" not in data:
+            raise UsageError(f"{path}: required key 'name' is missing")
+        try:
+            config = battery_config_from_recipe(data)
+            select_prompts(config.prompts)
+        except UsageError as exc:
+            raise UsageError(f"{path}: {exc}") from None
+        baseline = (path.parent / data["baseline"]) if "baseline" in data else None
+        return Recipe(data["name"], path, config, baseline, data.get("description", ""),
+                      kind="battery")
+    for key in ("a", "b", "prompts", "long_context"):
+        if key in data:
+            raise UsageError(f"{path}: '{key}' belongs to kind: battery recipes")
     for key in _REQUIRED:
         if key not in data:
             raise UsageError(f"{path}: required key '{key}' is missing")
@@ -80,6 +109,7 @@ def load_recipe(path: str | Path) -> Recipe:
         corpus=data.get("corpus", "towns"), form=data.get("sentinel", "code"),
         seed=data.get("seed", 0), resolution=data.get("resolution", 32),
         chat=data.get("chat", False), device=data.get("device", "cpu"),
-        diff=data.get("diff", True))
+        diff=data.get("diff", True), criterion=data.get("criterion", "recall"),
+        kl_max=float(data.get("kl_max", BracketConfig.kl_max)))
     baseline = (path.parent / data["baseline"]) if "baseline" in data else None
     return Recipe(data["name"], path, config, baseline, data.get("description", ""))

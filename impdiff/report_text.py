@@ -13,7 +13,8 @@ def _layer(layer: int) -> str:
 def print_diff(console: Console, outcome, top: int = 12) -> None:
     v = outcome.verdict
     style = "bold red" if v.diverged else "bold green"
-    console.print(f"[{style}]{v.sentence()}[/{style}]", highlight=False)
+    labels = getattr(outcome, "labels", ("engine", "llama.cpp"))
+    console.print(f"[{style}]{v.sentence(*labels)}[/{style}]", highlight=False)
     if v.substitution_detail:
         console.print(f"  substitution check: {v.substitution_detail}", highlight=False)
     lg = outcome.logits
@@ -21,13 +22,24 @@ def print_diff(console: Console, outcome, top: int = 12) -> None:
                   f"{lg['top1']:.1%}, top-5 overlap {lg['top5']:.1%}, KL mean {lg['kl_mean']:.2e} "
                   f"max {lg['kl_max']:.2e}", highlight=False)
     ls = outcome.lockstep
-    for label, keys in (("only in engine", ls.only_a), ("only in llama.cpp", ls.only_b)):
+    for label, keys in ((f"only in {labels[0]}", ls.only_a), (f"only in {labels[1]}", ls.only_b)):
         if keys:
             names = sorted({k[0] for k in keys})
             console.print(f"  taps {label}: {', '.join(names)}", highlight=False)
     if ls.shape_mismatch:
         console.print(f"  taps with different shapes: "
                       f"{', '.join(sorted({k[0] for k in ls.shape_mismatch}))}", highlight=False)
+    ec = getattr(outcome, "extra", {}).get("expert_choice")
+    if ec is not None and len(ec):
+        worst = ec.loc[ec.agreement.idxmin()]
+        console.print(
+            f"  expert choice ({labels[0]}'s own top-k vs {labels[1]}'s, {len(ec)} MoE layers): "
+            f"agreement {ec.agreement.mean():.1%} mean, {worst.agreement:.1%} at worst (layer "
+            f"{int(worst.layer)}); the same set at {ec.same_set.mean():.1%} of positions; "
+            f"{int(ec.unexplained.sum())} positions with a swap router noise does not explain",
+            highlight=False)
+        console.print("    per layer: " + " ".join(f"{int(r.layer)}:{r.agreement:.3f}"
+                                                 for r in ec.itertuples()), highlight=False)
 
     s = outcome.summary
     if s is None or s.empty:

@@ -37,6 +37,8 @@ class LocaliseParams:
     factor: float = 15.0  # a position diverges above factor x floor ...
     min_error: float = 0.01  # ... and above this relative L2 error, whatever the floor
     max_floor: float = 0.1  # a floor above this means the whole run is off, not noisy
+    max_threshold: float = 0.5  # ... and an error above this is never noise, even then (a fault
+    # in every layer, e.g. one applied to all MoE routers, leaves no clean layer for a floor)
     min_positions: int = 3  # a (layer, tap) diverges when at least this many positions do ...
     min_fraction: float = 0.02  # ... and at least this fraction of its positions
     jump: float = 8.0  # a position jumps when its error/input-error ratio is this x typical ...
@@ -62,8 +64,13 @@ class Verdict:
             return f"{a} agrees with {b}: no tap rises above its noise floor"
         where = "before the first layer" if self.layer == GLOBAL_LAYER else (
             f"at layer {self.layer}" + (f" ({self.layer_kind})" if self.layer_kind else ""))
-        s = (f"{a} diverges from {b} {where}, `{self.tap}`, {self.positions_text} "
-             f"(rel. L2 {self.error:.3g} vs threshold {self.threshold:.3g})")
+        if self.tap in TAPS and TAPS[self.tap].compare == "set":  # the router's top-k
+            s = (f"{a} diverges from {b} {where}: a different expert was picked (`{self.tap}`), "
+                 f"{self.positions_text} ({self.error:.3g} of the picks differ beyond router "
+                 f"noise vs threshold {self.threshold:.3g})")
+        else:
+            s = (f"{a} diverges from {b} {where}, `{self.tap}`, {self.positions_text} "
+                 f"(rel. L2 {self.error:.3g} vs threshold {self.threshold:.3g})")
         if self.substitution:
             s += f"; {self.substitution}"
         return s
@@ -87,7 +94,7 @@ def noise_floor(taps: pd.DataFrame, params: LocaliseParams = LocaliseParams(),
 
 
 def thresholds(floor: pd.Series, params: LocaliseParams) -> pd.Series:
-    return np.maximum(floor * params.factor, params.min_error)
+    return np.maximum(floor * params.factor, params.min_error).clip(upper=params.max_threshold)
 
 
 def describe_positions(positions: list[int], total: list[int] | None = None) -> str:
@@ -151,7 +158,8 @@ def jump_flags(taps: pd.DataFrame, floor: pd.Series, n_layer: int,
         rows.append(piv.loc[(layer, tap)].to_numpy() / np.maximum(inp, 1e-12))
         keys.append((layer, tap))
     if not rows:
-        return pd.Series(False, index=pd.MultiIndex.from_arrays([[], [], []]), dtype=bool)
+        return pd.Series(False, index=pd.MultiIndex.from_arrays([[], [], []]), dtype=bool,
+                         name="jump")
     ratio = pd.DataFrame(rows, index=pd.MultiIndex.from_tuples(keys, names=["layer", "tap"]),
                          columns=piv.columns)
     typical = ratio.median(axis=1).groupby(level="tap").median()
@@ -164,7 +172,8 @@ def summarise(taps: pd.DataFrame, floor: pd.Series, n_layer: int,
               params: LocaliseParams) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Per-position `above` flags and the per-(layer, tap) table in computation order."""
     df = taps.assign(threshold=taps["tap"].map(thresholds(floor, params)))
-    df["above"] = df[METRIC] > df["threshold"]
+    df["above"] = (df[METRIC] > df["threshold"]) & df["tap"].map(
+        lambda t: TAPS[t].local_noise if t in TAPS else True).astype(bool)
     jumps = jump_flags(taps, floor, n_layer, params)
     df = df.join(jumps, on=["layer", "tap", "position"])
     df["jump"] = df["jump"].fillna(False).astype(bool)

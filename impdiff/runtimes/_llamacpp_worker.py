@@ -271,6 +271,7 @@ class Worker:
         self.entries: dict = {}
         self.unmapped: set[str] = set()
         self.pending: dict[int, tuple] = {}
+        self.repeated: dict[tuple, list] = {}  # arrivals of `repeats` rules in this decode
         self.counts: dict = {}
         self.ubatches: list[tuple[int, int]] = []
         self.cb_error: str | None = None
@@ -399,6 +400,10 @@ class Worker:
         rule, layer = self.pending.pop(t)
         T = GGMLTensor.from_address(t)
         key = (rule.tap, layer)
+        if rule.repeats:  # placed by _place_repeats once the decode shows how many per ubatch
+            arr = to_canonical(self._read(t, T), list(T.ne), rule.dims, TAPS[rule.tap].layout)
+            self.repeated.setdefault(key, []).append((self._write(arr), arr.shape))
+            return
         j = self.counts.get(key, 0)
         self.counts[key] = j + 1
         if j >= len(self.ubatches):
@@ -415,6 +420,22 @@ class Worker:
         if arr.shape[0] != plen:
             raise WorkerError(f"tap {key}: {arr.shape[0]} rows, but ubatch {j} has {plen} tokens")
         self.entries.setdefault(key, []).append((p0, self._write(arr), arr.shape))
+
+    def _place_repeats(self) -> None:
+        """Nodes of a `repeats` rule arrive m times per ubatch with the same values (m per key,
+        the same in every ubatch): keep the first of each ubatch."""
+        n_ub = len(self.ubatches)
+        for key, arrivals in self.repeated.items():
+            if len(arrivals) % n_ub:
+                raise WorkerError(f"tap {key}: {len(arrivals)} nodes over {n_ub} ubatches")
+            m = len(arrivals) // n_ub
+            for j, (p0, plen) in enumerate(self.ubatches):
+                off, shape = arrivals[j * m]
+                if shape[0] != plen:
+                    raise WorkerError(f"tap {key}: {shape[0]} rows, but ubatch {j} has {plen} tokens")
+                self.entries.setdefault(key, []).append((p0, off, shape))
+            self.counts[key] = n_ub
+        self.repeated = {}
 
     # -- requests -------------------------------------------------------------------------------
 
@@ -434,7 +455,7 @@ class Worker:
                 m = min(self.n_batch, n - b0)
                 p0 = start + b0
                 self.ubatches = [(p0 + k, min(self.n_ubatch, m - k)) for k in range(0, m, self.n_ubatch)]
-                self.counts, self.pending, self.cb_error = {}, {}, None
+                self.counts, self.pending, self.cb_error, self.repeated = {}, {}, None, {}
                 self.b_token[:m] = ids[b0 : b0 + m]
                 self.b_pos[:m] = np.arange(p0, p0 + m, dtype=np.int32)
                 self.batch.n_tokens = m
@@ -447,6 +468,7 @@ class Worker:
                     raise WorkerError(f"llama_decode returned {rc} for {m} tokens at position {p0} (see its log)")
                 if self.cb_error:
                     raise WorkerError(f"reading taps failed:\n{self.cb_error}")
+                self._place_repeats()
                 short = {k: c for k, c in self.counts.items() if c != len(self.ubatches)}
                 if short:
                     raise WorkerError(f"taps seen in only some of {len(self.ubatches)} ubatches: {short}")

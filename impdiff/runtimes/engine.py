@@ -10,7 +10,7 @@ import torch
 
 from ..engine.faults import FaultSet
 from ..engine.generate import Session
-from ..engine.loader import load_gguf_model
+from ..engine.loader import load_model
 from ..taps import TapSelection
 from .base import ChunkOutput, Runtime, RuntimeEvalError, TapKey
 
@@ -21,7 +21,7 @@ class EngineRuntime(Runtime):
     def __init__(self, model_path: str | Path, *, taps: TapSelection | None = None,
                  device: str = "cpu", faults: FaultSet = FaultSet(), n_ctx: int = 4096,
                  n_ubatch: int = 512, loaded=None):
-        self.loaded = loaded or load_gguf_model(model_path, device, faults)
+        self.loaded = loaded or load_model(model_path, device, faults)
         self.session = Session(self.loaded.model, n_ctx=n_ctx, n_ubatch=n_ubatch)
         self.selection = taps
 
@@ -47,12 +47,14 @@ class EngineRuntime(Runtime):
 
         def tap(name: str, layer: int, x: torch.Tensor):
             key = (name, layer)
+            # the engine's own value is captured, then replaced (a patched router choice is
+            # still compared as the engine made it)
+            if selection is not None and selection.wants(name, layer):
+                captured.setdefault(key, []).append(x.detach().float().cpu().numpy())
             if patches and key in patches:
                 lo = session.pos - start
                 x = torch.as_tensor(patches[key][lo:lo + x.shape[0]], device=x.device,
                                     dtype=x.dtype)
-            if selection is not None and selection.wants(name, layer):
-                captured.setdefault(key, []).append(x.detach().float().cpu().numpy())
             return x
 
         need_tap = selection is not None or bool(patches)

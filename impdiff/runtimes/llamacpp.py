@@ -13,6 +13,8 @@ per-architecture `ARCH_OVERRIDES`): data, not code. A node is matched on
   unnamed, `node_<N>` in ggml),
 - its ggml op (`ggml_op_name`, e.g. `MUL_MAT`; `None` = any op),
 - optionally the names its sources carry (`src=((1, "kqv_out"),)`: src[1] is named `kqv_out-L`),
+- optionally ggml's suffix for a derived node (`suffix=" (reshaped)"`: `Qcur-L (reshaped)`, the
+  heads-layout RESHAPE of a projection that the model named before reshaping it),
 
 because one llama.cpp name is set on several nodes (`Qcur-L` names the Q projection MUL_MAT,
 its RESHAPE to heads and, in most models, the ROPE: only the last name given to a tensor
@@ -61,6 +63,10 @@ class NodeRule:
     dims: str = "FT"  # ggml dims ne[0], ne[1], ...: T token, D head_dim, H head, F features
     src: tuple[tuple[int, str], ...] = ()  # (i, name): src[i] must be named `name[-L]`
     note: str = ""
+    suffix: str = ""  # ggml's suffix of a derived node, e.g. " (reshaped)"; "" = none
+    # the model may give this name to several nodes holding the same values in one ubatch
+    # (gemma4: V = K's projection, reshaped twice): the first of each ubatch is kept
+    repeats: bool = False
 
 
 R = NodeRule
@@ -109,6 +115,13 @@ BASE_RULES: tuple[NodeRule, ...] = (
     R("l_out", "ADD", "l_out"),
     R("result_norm", "MUL", "result_norm"),
     R("result_output", None, "result_output"),  # MUL_MAT, or SCALE after logit soft-capping
+    # build_moe_ffn (every MoE architecture): router logits, probabilities, the top-k expert
+    # ids (an I32 VIEW of the ARGSORT named ffn_moe_argsort), the renormalised weights, the sum
+    R("ffn_moe_logits", "MUL_MAT", "ffn_moe_logits"),
+    R("ffn_moe_probs", "SOFT_MAX", "ffn_moe_probs"),
+    R("ffn_moe_topk", "VIEW", "ffn_moe_topk"),
+    R("ffn_moe_weights_norm", "DIV", "ffn_moe_weights"),
+    R("ffn_moe_out", None, "ffn_moe_out"),  # ADD of the expert slots (CONT for one expert)
 )
 
 # Per-architecture rules, tried before BASE_RULES (so they override a base rule with the same
@@ -124,6 +137,39 @@ ARCH_OVERRIDES: dict[str, tuple[NodeRule, ...]] = {
     "gemma3": (
         # gemma3 names the residual after attention sa_out (and never ffn_inp)
         R("sa_out", "ADD", "ffn_inp"),
+    ),
+    "qwen3moe": (),
+    "gemma4": (
+        # Q, K and V are named as projections (MUL_MAT) before their reshape to heads: the
+        # heads-layout RESHAPE is "<name>-L (reshaped)". Global layers without attn_v use K's
+        # projection as V: its MUL_MAT is renamed Vcur and reshaped twice (same values, kept
+        # once; Kcur then has no node of its own on such layers)
+        R("Qcur", "RESHAPE", "Qcur", "DHT", suffix=" (reshaped)"),
+        R("Kcur", "RESHAPE", "Kcur", "DHT", suffix=" (reshaped)"),
+        R("Vcur", "RESHAPE", "Vcur", "DHT", suffix=" (reshaped)", repeats=True),
+        R("Vcur_normed", "RMS_NORM", "Vcur_normed", "DHT"),
+        R("Qcur_pos", "ROPE", "Qcur_pos", "DHT"),
+        R("Kcur_pos", "ROPE", "Kcur_pos", "DHT"),
+        # gemma4 names the residual after attention attn_out (the projection stays unnamed)
+        R("attn_out", "ADD", "ffn_inp"),
+        # MoE layers: the dense MLP's norm is ffn_norm_1 and its down projection unnamed
+        R("ffn_norm_1", "MUL", "ffn_norm"),
+        R(None, "MUL_MAT", "ffn_out", src=((1, "ffn_geglu"),)),
+        R("ffn_mlp", "MUL", "ffn_mlp"),
+        R("ffn_norm_2", "MUL", "ffn_norm_2"),
+        R("ffn_moe", "MUL", "ffn_moe"),
+        R("ffn_moe_combined", "ADD", "ffn_moe_combined"),
+        # the residual after the FFN: pe_in with per-layer embeddings, else an unnamed ADD
+        R("pe_in", "ADD", "pe_in"),
+        R(None, "ADD", "pe_in", src=((0, "ffn_post_norm"), (1, "attn_out"))),
+        R("per_layer_embd_out", "MUL", "per_layer_embd_out"),
+        R("inp_per_layer", "SCALE", "inp_per_layer", "DHT"),
+        # with layer_output_scale the scaling MUL is named out_scaled, then renamed l_out
+        R("l_out", "MUL", "l_out"),
+        # the output norm is named h_nextn (for MTP drafts); result_norm is its GET_ROWS of
+        # the output rows
+        R("h_nextn", "MUL", "result_norm"),
+        R("result_norm", "GET_ROWS", None, note="output rows of h_nextn (= result_norm)"),
     ),
 }
 
@@ -201,13 +247,13 @@ def classify(
     """Match one graph node against the rule table.
 
     Returns (rule, layer) with layer -1 for global taps, or None when no rule matches (or the
-    node is a derived view such as 'Qcur-3 (view)'). `src_name(i)` gives the raw name of
+    node is a derived one such as 'Qcur-3 (view)' that no rule's suffix names). `src_name(i)` gives the raw name of
     src[i] (None if absent); `find_layer()` searches the sources for a layer number (used for
     unnamed nodes)."""
     base, layer, suffix = parse_name(raw_name)
-    if suffix:
-        return None
     for rule in ruleset.by_name.get(base, ()):
+        if rule.suffix != suffix:
+            continue
         if rule.op is not None and rule.op != op:
             continue
         ok = True

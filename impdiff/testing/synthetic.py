@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, replace
@@ -20,7 +21,7 @@ import numpy as np
 # llama.cpp's `llama_ftype` values for `llama_model_quantize` (include/llama.h).
 LLAMA_FTYPES: dict[str, int] = {
     "F32": 0, "F16": 1, "Q4_0": 2, "Q4_1": 3, "Q8_0": 7, "Q5_0": 8, "Q5_1": 9,
-    "Q2_K": 10, "Q3_K_M": 12, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32,
+    "Q2_K": 10, "Q3_K_M": 12, "Q4_K_S": 14, "Q4_K_M": 15, "Q5_K_M": 17, "Q6_K": 18, "BF16": 32,
 }
 
 
@@ -214,18 +215,53 @@ def write_hf_dir(spec: SyntheticSpec, directory: str | Path) -> Path:
 
 
 def make_model(arch: str, directory: str | Path, qtype: str = "F32", **overrides) -> Path:
-    """Write (once) and return the GGUF of a preset synthetic model, quantised as asked."""
+    """Write (once) and return the GGUF of a preset synthetic model, quantised as asked.
+
+    `arch` is a preset name: llama, qwen3, gemma3, or one of `synthetic_gemma4.PRESETS`
+    (gemma4, gemma4-moe, qwen3moe, the E2B / 26B-A4B geometries, ...)."""
     if arch not in PRESETS:
         raise ValueError(f"unknown synthetic arch '{arch}' (known: {', '.join(PRESETS)})")
     spec = replace(PRESETS[arch], **overrides)
     directory = Path(directory)
-    tag = f"{arch}-{spec.n_layer}L-{spec.n_embd}d-s{spec.seed}"
+    digest = hashlib.sha256(repr(spec).encode()).hexdigest()[:8]  # overrides get their own file
+    tag = f"{arch}-{spec.n_layer}L-{spec.n_embd}d-s{spec.seed}-{digest}"
     f32 = directory / f"{tag}-F32.gguf"
     if not f32.exists():
-        write_gguf(spec, f32)
+        tmp = f32.with_suffix(f".{os.getpid()}.tmp")  # never leave a half-written model behind
+        getattr(spec, "write_gguf", lambda path: write_gguf(spec, path))(tmp)
+        os.replace(tmp, f32)
     if qtype == "F32":
         return f32
     dst = directory / f"{tag}-{qtype}.gguf"
     if not dst.exists():
-        quantize_gguf(f32, dst, qtype)
+        tmp = dst.with_suffix(f".{os.getpid()}.tmp")
+        quantize_gguf(f32, tmp, qtype)
+        os.replace(tmp, dst)
     return dst
+
+
+SYNTHETIC_PREFIX = "synthetic:"
+
+
+def resolve_synthetic(spec: str) -> Path:
+    """'synthetic:PRESET[:QTYPE]' -> the GGUF, written once into $IMPDIFF_SYNTHETIC_DIR
+    (default ~/.cache/impdiff/synthetic): lets recipes and --model name a synthetic model."""
+    preset, _, qtype = spec[len(SYNTHETIC_PREFIX):].partition(":")
+    if preset not in PRESETS:
+        raise ValueError(f"--model {spec}: unknown synthetic preset '{preset}' (known: "
+                         f"{', '.join(PRESETS)})")
+    if (qtype or "F32") not in LLAMA_FTYPES:
+        raise ValueError(f"--model {spec}: unknown quant type '{qtype}' (known: "
+                         f"{', '.join(LLAMA_FTYPES)})")
+    directory = Path(os.environ.get("IMPDIFF_SYNTHETIC_DIR")
+                     or Path.home() / ".cache" / "impdiff" / "synthetic")
+    return make_model(preset, directory, qtype or "F32")
+
+
+def _register_gemma4_presets() -> None:
+    from .synthetic_gemma4 import PRESETS as MORE
+
+    PRESETS.update(MORE)
+
+
+_register_gemma4_presets()
