@@ -232,17 +232,7 @@ def versions() -> dict[str, str]:
 
 def greedy(runtime, ids: Sequence[int], max_tokens: int, stop_ids: Iterable[int]) -> list[int]:
     """Greedy continuation through the runtime interface (the same for every runtime)."""
-    runtime.reset()
-    logits = runtime.eval(ids, last_only=True).logits[-1]
-    out: list[int] = []
-    stops = set(stop_ids)
-    for _ in range(max_tokens):
-        token = int(logits.argmax())
-        if token in stops:
-            break
-        out.append(token)
-        logits = runtime.eval([token], last_only=True).logits[-1]
-    return out
+    return continuation(runtime, ids, max_tokens, stop_ids)[1]
 
 
 def continuation(runtime, ids: Sequence[int], max_tokens: int, stop_ids: Iterable[int]
