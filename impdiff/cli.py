@@ -105,6 +105,14 @@ def _progress():
                     "{task.total}"), TimeElapsedColumn(), console=err_console, transient=True)
 
 
+def _with_progress(label: str, run):
+    """`run(on_progress, on_chunk)` under one progress display: stage text and chunk counts."""
+    with _progress() as progress:
+        task = progress.add_task(label, total=None)
+        return run(lambda s: progress.update(task, description=s),
+                   lambda done, total: progress.update(task, completed=done, total=total))
+
+
 @app.command()
 def diff(
     model: Optional[str] = typer.Option(None, "--model", "-m", help=MODEL_HELP),
@@ -309,62 +317,47 @@ def battery(
         max_tokens=max_tokens, inject=inject or "", chat=chat, long_context=long_context,
         device=device, diff=diff_at_divergence, diff_taps=diff_taps)
     out_dir = out or Path("runs") / time.strftime("battery-%Y%m%d-%H%M%S")
-    with _progress() as progress:
-        task = progress.add_task("battery", total=None)
-        outcome = run_battery(config, out_dir,
-                              on_progress=lambda s: progress.update(task, description=s),
-                              on_chunk=lambda done, total: progress.update(
-                                  task, completed=done, total=total))
+    outcome = _with_progress("battery", lambda on_progress, on_chunk: run_battery(
+        config, out_dir, on_progress=on_progress, on_chunk=on_chunk))
     _print_battery(outcome)
     console.print(f"[dim]run directory: {out_dir}/[/dim]")
     raise typer.Exit(EXIT_DIVERGED if outcome.failed else 0)
 
 
-def _gate_battery(r, baseline: Optional[Path], update_baseline: bool, inject: Optional[str],
-                  out: Optional[Path], junit: Optional[Path], summary: Optional[Path]) -> None:
-    """`impdiff gate` on a `kind: battery` recipe."""
-    import dataclasses
+def _run_gate(r, baseline: Optional[Path], update_baseline: bool, out: Optional[Path],
+              junit: Optional[Path], summary: Optional[Path], *, baseline_key: str, run, show,
+              rules, seconds, report: bool) -> None:
+    """The gate for any recipe kind: run, then write the baseline or compare with it.
+
+    `rules` is the kind's module (baseline_of, compare, markdown_summary); `run(out_dir,
+    on_progress, on_chunk)` runs the recipe; `seconds(outcome)` is its wall time."""
     import json
 
-    from .battery import baseline_of, compare, markdown_summary, run_battery
     from .gate import junit_xml, load_baseline
 
-    config = r.config if inject is None else dataclasses.replace(r.config, inject=inject)
     baseline_path = baseline or r.baseline
     if baseline_path is None:
         raise UsageError(f"{r.path}: no 'baseline' key and no --baseline given")
-    base = None
-    if not update_baseline:
-        try:
-            base = json.loads(baseline_path.read_text())
-        except OSError as exc:
-            raise UsageError(f"{baseline_path}: cannot read the baseline ({exc.strerror}); "
-                             "create it with --update-baseline") from None
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"{baseline_path}: baseline is not valid JSON ({exc.msg})") from None
-        if not isinstance(base, dict) or not isinstance(base.get("prompts"), dict):
-            raise UsageError(f"{baseline_path}: a battery baseline needs a 'prompts' mapping")
+    base = None if update_baseline else load_baseline(baseline_path, baseline_key)
     out_dir = out or Path("runs") / time.strftime(f"gate-{r.name}-%Y%m%d-%H%M%S")
-    with _progress() as progress:
-        task = progress.add_task("gate", total=None)
-        outcome = run_battery(config, out_dir,
-                              on_progress=lambda s: progress.update(task, description=s),
-                              on_chunk=lambda done, total: progress.update(
-                                  task, completed=done, total=total))
-    _print_battery(outcome)
+    outcome = _with_progress("gate", lambda on_progress, on_chunk: run(out_dir, on_progress,
+                                                                       on_chunk))
+    show(outcome)
     if update_baseline:
         baseline_path.parent.mkdir(parents=True, exist_ok=True)
-        baseline_path.write_text(json.dumps(baseline_of(outcome, r.name), indent=2) + "\n")
+        baseline_path.write_text(json.dumps(rules.baseline_of(outcome, r.name), indent=2) + "\n")
         console.print(f"baseline written: {baseline_path}")
-        raise typer.Exit(0)
-    result = compare(outcome, base, r.name)
-    (junit or out_dir / "junit.xml").write_text(junit_xml(result, outcome.seconds))
-    (summary or out_dir / "summary.md").write_text(markdown_summary(result, outcome))
-    for msg in result.regressions:
-        console.print(f"[bold red]regression:[/bold red] {msg}", highlight=False)
-    console.print("[bold green]gate passes[/bold green]" if result.passed
-                  else "[bold red]gate fails[/bold red]")
-    raise typer.Exit(0 if result.passed else EXIT_DIVERGED)
+    else:
+        result = rules.compare(outcome, base, r.name)
+        (junit or out_dir / "junit.xml").write_text(junit_xml(result, seconds(outcome)))
+        (summary or out_dir / "summary.md").write_text(rules.markdown_summary(result, outcome))
+        for msg in result.regressions:
+            console.print(f"[bold red]regression:[/bold red] {msg}", highlight=False)
+        console.print("[bold green]gate passes[/bold green]" if result.passed
+                      else "[bold red]gate fails[/bold red]")
+    if report:
+        _write_report(out_dir)
+    raise typer.Exit(0 if update_baseline or result.passed else EXIT_DIVERGED)
 
 
 def _write_report(run_dir: Path) -> None:
@@ -487,12 +480,8 @@ def bracket(
             resolution=resolution, chat=is_instruct(path) if chat is None else chat,
             device=device, diff=diff_at_boundary, criterion=criterion, kl_max=kl_max)
     out_dir = out or Path("runs") / time.strftime("bracket-%Y%m%d-%H%M%S")
-    with _progress() as progress:
-        task = progress.add_task("bracket", total=None)
-        outcome = run_bracket(config, path, out_dir, " ".join(sys.argv),
-                              on_progress=lambda s: progress.update(task, description=s),
-                              on_chunk=lambda done, total: progress.update(
-                                  task, completed=done, total=total))
+    outcome = _with_progress("bracket", lambda on_progress, on_chunk: run_bracket(
+        config, path, out_dir, " ".join(sys.argv), on_progress=on_progress, on_chunk=on_chunk))
     _print_bracket(outcome)
     console.print(f"[dim]run directory: {out_dir}/[/dim]")
     _write_report(out_dir)
@@ -514,45 +503,27 @@ def gate(
 ) -> None:
     """Run a recipe and compare with its baseline: exit 0 pass, 1 regression, 2 usage."""
     import dataclasses
-    import json
 
+    from . import battery as battery_rules
+    from . import gate as bracket_rules
     from .bracket import run_bracket
-    from .gate import baseline_of, compare, junit_xml, load_baseline, markdown_summary
     from .real_models import resolve_model
     from .recipes import load_recipe
 
     r = load_recipe(recipe)
-    if getattr(r, "kind", "bracket") == "battery":
-        _gate_battery(r, baseline, update_baseline, inject, out, junit, summary)
     config = r.config if inject is None else dataclasses.replace(r.config, inject=inject)
-    baseline_path = baseline or r.baseline
-    if baseline_path is None:
-        raise UsageError(f"{recipe}: no 'baseline' key and no --baseline given")
-    base = None if update_baseline else load_baseline(baseline_path)
+    common = (r, baseline, update_baseline, out, junit, summary)
+    if r.kind == "battery":
+        # a battery run directory has no layout the HTML report reads yet
+        _run_gate(*common, baseline_key="prompts", rules=battery_rules, show=_print_battery,
+                  run=lambda d, p, c: battery_rules.run_battery(config, d, on_progress=p,
+                                                                on_chunk=c),
+                  seconds=lambda o: o.seconds, report=False)
     path = resolve_model(config.model)
-    out_dir = out or Path("runs") / time.strftime(f"gate-{r.name}-%Y%m%d-%H%M%S")
-    with _progress() as progress:
-        task = progress.add_task("gate", total=None)
-        outcome = run_bracket(config, path, out_dir, " ".join(sys.argv),
-                              on_progress=lambda s: progress.update(task, description=s),
-                              on_chunk=lambda done, total: progress.update(
-                                  task, completed=done, total=total))
-    _print_bracket(outcome)
-    if update_baseline:
-        baseline_path.parent.mkdir(parents=True, exist_ok=True)
-        baseline_path.write_text(json.dumps(baseline_of(outcome, r.name), indent=2) + "\n")
-        console.print(f"baseline written: {baseline_path}")
-        _write_report(out_dir)
-        raise typer.Exit(0)
-    result = compare(outcome, base, r.name)
-    (junit or out_dir / "junit.xml").write_text(junit_xml(result, outcome.seconds["total"]))
-    (summary or out_dir / "summary.md").write_text(markdown_summary(result, outcome))
-    for msg in result.regressions:
-        console.print(f"[bold red]regression:[/bold red] {msg}", highlight=False)
-    console.print("[bold green]gate passes[/bold green]" if result.passed
-                  else "[bold red]gate fails[/bold red]")
-    _write_report(out_dir)
-    raise typer.Exit(0 if result.passed else EXIT_DIVERGED)
+    _run_gate(*common, baseline_key="lengths", rules=bracket_rules, show=_print_bracket,
+              run=lambda d, p, c: run_bracket(config, path, d, " ".join(sys.argv),
+                                              on_progress=p, on_chunk=c),
+              seconds=lambda o: o.seconds["total"], report=True)
 
 
 @app.command()

@@ -35,7 +35,9 @@ def baseline_of(outcome: BracketOutcome, recipe: str) -> dict:
             "boundary": outcome.boundary["first_fail"] if outcome.boundary else None}
 
 
-def load_baseline(path: Path) -> dict:
+def load_baseline(path: Path, key: str = "lengths") -> dict:
+    """A committed baseline: a JSON object whose `key` ('lengths' for brackets, 'prompts' for
+    batteries) is a mapping."""
     try:
         data = json.loads(path.read_text())
     except OSError as exc:
@@ -44,8 +46,8 @@ def load_baseline(path: Path) -> dict:
     except json.JSONDecodeError as exc:
         raise UsageError(f"{path}: baseline is not valid JSON ({exc.msg} at line {exc.lineno})") \
             from None
-    if not isinstance(data, dict) or not isinstance(data.get("lengths"), dict):
-        raise UsageError(f"{path}: baseline must be an object with a 'lengths' mapping")
+    if not isinstance(data, dict) or not isinstance(data.get(key), dict):
+        raise UsageError(f"{path}: baseline must be an object with a '{key}' mapping")
     return data
 
 
