@@ -102,9 +102,15 @@ def test_cli_bad_dump_and_prompt_with_dump(synth_model, tmp_path):
     path = synth_model("llama")
     assert_one_line_error(impdiff("diff", "--a", f"dump:{d}", "--b", f"llamacpp:{path}"),
                           "'format' must be")
+    from impdiff.errors import UsageError
+    from impdiff.runtimes.registry import RuntimeSpec, describe
+    from impdiff.sides import side_token_ids
+
     d = _write(tmp_path, GOOD)
-    assert_one_line_error(impdiff("diff", "--a", f"dump:{d}", "--b", f"llamacpp:{path}",
-                                  "--tokens", "8"), "is a dump", "recorded")
+    infos = [describe(RuntimeSpec("dump", str(d))), describe(RuntimeSpec("llamacpp", str(path)))]
+    assert side_token_ids(infos) == [1, 2]
+    with pytest.raises(UsageError, match="is a dump: the token ids are the recorded ones"):
+        side_token_ids(infos, n_tokens=8)
 
 
 def run_producer(model: Path, out: Path, *args: str) -> None:
@@ -137,11 +143,12 @@ def test_external_dump_with_a_fault_is_localised(synth_model, tmp_path):
     assert "diverges from llama.cpp at layer 2, `attn_out`" in proc.stdout, proc.stdout
     assert "substitution check: not run" in proc.stdout
 
+    from impdiff.diff import run_diff
+
     run_producer(model, tmp_path / "clean", "--tokens", "40", "--chunk", "16")
-    proc = impdiff("diff", "--a", f"dump:{tmp_path / 'clean'}", "--b", f"llamacpp:{model}",
-                   "--out", str(tmp_path / "r2"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "agrees with llama.cpp" in proc.stdout
+    outcome = run_diff(None, None, a=f"dump:{tmp_path / 'clean'}", b=f"llamacpp:{model}")
+    assert not outcome.diverged and outcome.labels == ("dump:clean", "llama.cpp")
+    assert outcome.logits["top1"] == 1.0
 
 
 @requires_llama_cpp

@@ -14,8 +14,7 @@ from impdiff.runtimes.hf_transformers import (  # noqa: E402
 from impdiff.taps import TAPS, TapSelection  # noqa: E402
 from impdiff.testing.synthetic import PRESETS, _unpermute_llama_qk, write_hf_dir  # noqa: E402
 
-from .conftest import real_model_or_skip, requires_llama_cpp  # noqa: E402
-from .test_cli import impdiff  # noqa: E402
+from .conftest import requires_llama_cpp  # noqa: E402
 
 
 def test_tables_name_canonical_taps():
@@ -86,13 +85,3 @@ def test_diff_against_llamacpp(synth_model):
     assert outcome.labels == ("transformers", "llama.cpp")
     assert not outcome.lockstep.only_a and not outcome.lockstep.only_b  # every tap, both sides
     assert not outcome.lockstep.shape_mismatch
-
-
-@requires_llama_cpp
-@pytest.mark.slow
-def test_smollm2_transformers_vs_llamacpp(tmp_path):
-    real_model_or_skip("smollm2-135m")
-    proc = impdiff("diff", "--a", "transformers:smollm2-135m", "--b", "llamacpp:smollm2-135m",
-                   "--tokens", "48", "--taps", "l_out,attn_out,ffn_out,kqv", "--out",
-                   str(tmp_path / "r"))
-    assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -402,7 +402,7 @@ class Worker:
         key = (rule.tap, layer)
         if rule.repeats:  # placed by _place_repeats once the decode shows how many per ubatch
             arr = to_canonical(self._read(t, T), list(T.ne), rule.dims, TAPS[rule.tap].layout)
-            self.repeated.setdefault(key, []).append((self._write(arr), arr.shape))
+            self.repeated.setdefault(key, (rule, []))[1].append((self._write(arr), arr.shape))
             return
         j = self.counts.get(key, 0)
         self.counts[key] = j + 1
@@ -423,18 +423,23 @@ class Worker:
 
     def _place_repeats(self) -> None:
         """Nodes of a `repeats` rule arrive m times per ubatch with the same values (m per key,
-        the same in every ubatch): keep the first of each ubatch."""
+        the same in every ubatch): keep the first of each ubatch, and with m == 2 the second as
+        the rule's `also` tap."""
         n_ub = len(self.ubatches)
-        for key, arrivals in self.repeated.items():
+        for key, (rule, arrivals) in self.repeated.items():
             if len(arrivals) % n_ub:
                 raise WorkerError(f"tap {key}: {len(arrivals)} nodes over {n_ub} ubatches")
             m = len(arrivals) // n_ub
+            keys = [key] + ([(rule.also, key[1])] if rule.also and m == 2 and
+                            self.selection.wants(rule.also, key[1]) else [])
             for j, (p0, plen) in enumerate(self.ubatches):
-                off, shape = arrivals[j * m]
-                if shape[0] != plen:
-                    raise WorkerError(f"tap {key}: {shape[0]} rows, but ubatch {j} has {plen} tokens")
-                self.entries.setdefault(key, []).append((p0, off, shape))
-            self.counts[key] = n_ub
+                for r, k in enumerate(keys):
+                    off, shape = arrivals[j * m + r]
+                    if shape[0] != plen:
+                        raise WorkerError(f"tap {k}: {shape[0]} rows, but ubatch {j} has {plen} tokens")
+                    self.entries.setdefault(k, []).append((p0, off, shape))
+            for k in keys:
+                self.counts[k] = n_ub
         self.repeated = {}
 
     # -- requests -------------------------------------------------------------------------------

@@ -65,8 +65,9 @@ class NodeRule:
     note: str = ""
     suffix: str = ""  # ggml's suffix of a derived node, e.g. " (reshaped)"; "" = none
     # the model may give this name to several nodes holding the same values in one ubatch
-    # (gemma4: V = K's projection, reshaped twice): the first of each ubatch is kept
+    # (gemma4: V = K's projection, reshaped twice): the first of each ubatch is kept ...
     repeats: bool = False
+    also: str | None = None  # ... and where there are two, the second is also this tap
 
 
 R = NodeRule
@@ -142,11 +143,11 @@ ARCH_OVERRIDES: dict[str, tuple[NodeRule, ...]] = {
     "gemma4": (
         # Q, K and V are named as projections (MUL_MAT) before their reshape to heads: the
         # heads-layout RESHAPE is "<name>-L (reshaped)". Global layers without attn_v use K's
-        # projection as V: its MUL_MAT is renamed Vcur and reshaped twice (same values, kept
-        # once; Kcur then has no node of its own on such layers)
+        # projection as V: its MUL_MAT is renamed Vcur and reshaped twice, once for K and once
+        # for V (the same values): the pair gives Vcur and Kcur
         R("Qcur", "RESHAPE", "Qcur", "DHT", suffix=" (reshaped)"),
         R("Kcur", "RESHAPE", "Kcur", "DHT", suffix=" (reshaped)"),
-        R("Vcur", "RESHAPE", "Vcur", "DHT", suffix=" (reshaped)", repeats=True),
+        R("Vcur", "RESHAPE", "Vcur", "DHT", suffix=" (reshaped)", repeats=True, also="Kcur"),
         R("Vcur_normed", "RMS_NORM", "Vcur_normed", "DHT"),
         R("Qcur_pos", "ROPE", "Qcur_pos", "DHT"),
         R("Kcur_pos", "ROPE", "Kcur_pos", "DHT"),
@@ -189,8 +190,9 @@ def rules_for_arch(arch: str) -> RuleSet:
     ordered = tuple(ARCH_OVERRIDES.get(arch, ())) + BASE_RULES
     by_name: dict[str | None, list[NodeRule]] = {}
     for rule in ordered:
-        if rule.tap is not None and rule.tap not in TAPS:
-            raise ValueError(f"llama.cpp rule {rule} names unknown canonical tap {rule.tap}")
+        for tap in (rule.tap, rule.also):
+            if tap is not None and tap not in TAPS:
+                raise ValueError(f"llama.cpp rule {rule} names unknown canonical tap {tap}")
         by_name.setdefault(rule.name, []).append(rule)
     return RuleSet(arch, arch in ARCH_OVERRIDES, {k: tuple(v) for k, v in by_name.items()})
 
