@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 import pytest
+import torch
+
+# Without a GPU the Triton kernels run in Triton's interpreter; it must be chosen before any
+# kernel module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 from impdiff.testing.synthetic import make_model
 

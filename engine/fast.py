@@ -1,0 +1,285 @@
+"""The fast path: the reference Transformer's forward on the kernels of `impdiff.kernels`.
+
+Same model, same tap names, different execution:
+
+* weights stay quantised on the GPU in the kernels' plane layout (`engine.packed`); Q/K/V and
+  gate/up are fused into one weight where their formats agree;
+* one token runs fused dequantise-GEMVs in float32; more tokens dequantise to fp16 for cuBLAS;
+* norms are fused with the residual add around them, RoPE writes K straight into a static fp16
+  KV cache, attention is one flash kernel whose key range comes from device-side positions;
+* greedy decode is a CUDA graph captured once and replayed per token: the next token is picked
+  on the GPU and fed back without the host (`FastSession.generate_greedy`).
+
+With a tap function every op runs unfused and each tap sees (and may replace) the tensor the
+reference would show at that point. Architectures: llama, qwen3, gemma3 (dense, own KV per
+layer); the rest run on the reference `Transformer`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..kernels.attention import attention, decode_splits
+from ..kernels.norm_rope import residual_norm, rope
+from ..kernels.quant_matmul import PackedWeight, concat_rows, qmatmul
+from .config import ModelConfig
+from .errors import ModelLoadError
+from .gguf_file import GGUFFile
+from .model import GLOBAL, TapFn, emit, rope_angles, softcap
+from .packed import pack_gguf
+from .quants import dequantize
+
+ACT = {"silu": 1, "gelu_tanh": 2}
+
+
+def unsupported_reason(cfg: ModelConfig) -> str | None:
+    spec = cfg.spec
+    if spec.moe or spec.v_norm or cfg.n_embd_per_layer:
+        return f"architecture '{cfg.arch}' (experts, V norm or per-layer embeddings)"
+    if any(layer.kv_layer != i for i, layer in enumerate(cfg.layers)):
+        return "KV-shared layers"
+    return None
+
+
+@dataclass
+class FastLayer:
+    attn_norm: torch.Tensor
+    qkv: list[PackedWeight]  # one fused weight, or q, k, v
+    wo: PackedWeight
+    ffn_norm: torch.Tensor
+    gate_up: list[PackedWeight]  # one fused [gate | up] weight, or gate, up
+    down: PackedWeight
+    q_norm: torch.Tensor | None = None
+    k_norm: torch.Tensor | None = None
+    attn_post_norm: torch.Tensor | None = None
+    ffn_post_norm: torch.Tensor | None = None
+
+
+def _fuse(weights: list[PackedWeight]) -> list[PackedWeight]:
+    first = weights[0]
+    if all(w.fmt == first.fmt and w.k == first.k and w.alpha == first.alpha for w in weights):
+        return [concat_rows(weights)]
+    return weights
+
+
+class FastTransformer:
+    def __init__(self, cfg: ModelConfig, gf: GGUFFile, device: torch.device, max_ctx: int):
+        reason = unsupported_reason(cfg)
+        if reason:
+            raise ModelLoadError(f"{gf.path}: the fast path does not run {reason}; use the "
+                                 "reference engine")
+        self.cfg, self.device, self.max_ctx = cfg, device, max_ctx
+        t = gf.tensors
+
+        def dense(name: str) -> torch.Tensor:
+            raw = t[name]
+            return dequantize(raw.data, raw.qtype, raw.shape).to(device, torch.float32)
+
+        def packed(name: str) -> PackedWeight:
+            raw = t[name]
+            return pack_gguf(raw.data, raw.qtype, raw.shape, device)
+
+        def optional(name: str) -> torch.Tensor | None:
+            return dense(name) if name in t else None
+
+        self.tok_embd = dense("token_embd.weight")
+        self.output = packed("output.weight" if "output.weight" in t else "token_embd.weight")
+        self.output_norm = dense("output_norm.weight")
+        self.layers = []
+        for i in range(cfg.n_layer):
+            p = f"blk.{i}."
+            self.layers.append(FastLayer(
+                attn_norm=dense(p + "attn_norm.weight"),
+                qkv=_fuse([packed(p + f"attn_{x}.weight") for x in "qkv"]),
+                wo=packed(p + "attn_output.weight"), ffn_norm=dense(p + "ffn_norm.weight"),
+                gate_up=_fuse([packed(p + "ffn_gate.weight"), packed(p + "ffn_up.weight")]),
+                down=packed(p + "ffn_down.weight"), q_norm=optional(p + "attn_q_norm.weight"),
+                k_norm=optional(p + "attn_k_norm.weight"),
+                attn_post_norm=optional(p + "post_attention_norm.weight"),
+                ffn_post_norm=optional(p + "post_ffw_norm.weight")))
+        # cos/sin per distinct rope of the layers, from the reference's float64 angles
+        positions = torch.arange(max_ctx, device=device)
+        freqs = optional("rope_freqs.weight")
+        self.rope_tables = {}
+        for L in cfg.layers:
+            key = self._rope_key(L)
+            if key not in self.rope_tables:
+                self.rope_tables[key] = rope_angles(positions, *key[:3],
+                                                    freqs if L.rope_freqs else None)
+        self.k_cache = [torch.zeros(max_ctx, L.n_head_kv, L.head_dim, device=device,
+                                    dtype=torch.float16) for L in cfg.layers]
+        self.v_cache = [torch.zeros_like(k) for k in self.k_cache]
+        self.splits = {L.n_head_kv: decode_splits(L.n_head_kv, device) for L in cfg.layers}
+
+    @staticmethod
+    def _rope_key(L) -> tuple:
+        return L.n_rot, L.rope_base, L.rope_freq_scale, L.rope_freqs
+
+    @property
+    def weight_bytes(self) -> int:
+        """Bytes one decode step reads from the weights (the embedding: one row)."""
+        total = self.output.nbytes + self.tok_embd[0].numel() * 4
+        for w in self.layers:
+            total += sum(p.nbytes for p in (*w.qkv, w.wo, *w.gate_up, w.down))
+        return total
+
+    # -- forward ------------------------------------------------------------------------------
+
+    def forward(self, tokens: torch.Tensor, positions: torch.Tensor, tap: TapFn | None = None,
+                last_only: bool = False) -> torch.Tensor:
+        """Logits [T, vocab] (or [1, vocab]) for `tokens` at `positions` (int32, consecutive).
+
+        Everything stays on the device and reads no value back, so a one-token call can be
+        captured in a CUDA graph.
+        """
+        cfg = self.cfg
+        x = emit(tap, "inp_embd", GLOBAL, self.tok_embd[tokens])
+        if cfg.spec.embed_scale:
+            x = emit(tap, "inp_scaled", GLOBAL, x * math.sqrt(cfg.n_embd))
+        _, h = residual_norm(x, self.layers[0].attn_norm, cfg.rms_eps)
+        h = emit(tap, "attn_norm", 0, h)
+        for i, w in enumerate(self.layers):
+            a = self.attention(i, h, positions, tap)
+            a = emit(tap, "attn_out", i, qmatmul(a, w.wo))
+            x, h = self.residual(x, a, w.attn_post_norm, w.ffn_norm, tap,
+                                 (("attn_post_norm", i), ("ffn_inp", i), ("ffn_norm", i)))
+            f = self.mlp(i, h, tap)
+            last = i == cfg.n_layer - 1
+            norm = self.output_norm if last else self.layers[i + 1].attn_norm
+            x, h = self.residual(x, f, w.ffn_post_norm, norm, tap,
+                                 (("ffn_post_norm", i), ("l_out", i),
+                                  ("result_norm", GLOBAL) if last else ("attn_norm", i + 1)))
+        if last_only:
+            h = h[-1:]
+        logits = qmatmul(h, self.output)
+        if cfg.final_logit_softcap:
+            logits = softcap(logits, cfg.final_logit_softcap)
+        return emit(tap, "result_output", GLOBAL, logits)
+
+    def residual(self, x, h, post_norm, norm, tap, names):
+        """x + post_norm(h), and its norm: one kernel, or three steps that each show a tap."""
+        eps = self.cfg.rms_eps
+        if tap is None:
+            return residual_norm(x, norm, eps, h, post_norm)
+        (post_name, i), (sum_name, j), (norm_name, k) = names
+        if post_norm is not None:
+            h = emit(tap, post_name, i, residual_norm(h, post_norm, eps)[1])
+        x = emit(tap, sum_name, j, x + h)
+        return x, emit(tap, norm_name, k, residual_norm(x, norm, eps)[1])
+
+    def attention(self, i: int, h: torch.Tensor, positions: torch.Tensor,
+                  tap: TapFn | None) -> torch.Tensor:
+        cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
+        T, d = h.shape[0], L.head_dim
+        sizes = [L.n_head * d, L.n_head_kv * d, L.n_head_kv * d]
+        q, k, v = (torch.cat([qmatmul(h, p) for p in w.qkv], dim=-1) if len(w.qkv) > 1
+                   else qmatmul(h, w.qkv[0])).split(sizes, dim=-1)
+        q = emit(tap, "Qcur", i, q.reshape(T, L.n_head, d))
+        k = emit(tap, "Kcur", i, k.reshape(T, L.n_head_kv, d))
+        v = emit(tap, "Vcur", i, v.reshape(T, L.n_head_kv, d))
+        if w.q_norm is not None:
+            q = emit(tap, "Qcur_normed", i, residual_norm(q, w.q_norm, cfg.rms_eps)[1])
+            k = emit(tap, "Kcur_normed", i, residual_norm(k, w.k_norm, cfg.rms_eps)[1])
+        cos, sin = self.rope_tables[self._rope_key(L)]
+        neox = cfg.spec.rope_neox
+        q = emit(tap, "Qcur_pos", i, rope(q, cos, sin, positions, L.n_rot, neox))
+        if tap is None:
+            rope(k, cos, sin, positions, L.n_rot, neox, out=self.k_cache[i])
+        else:
+            k = emit(tap, "Kcur_pos", i, rope(k, cos, sin, positions, L.n_rot, neox))
+            self.k_cache[i].index_copy_(0, positions.long(), k.to(torch.float16))
+        self.v_cache[i].index_copy_(0, positions.long(), v.to(torch.float16))
+        window = cfg.sliding_window if L.swa else 0
+        splits = self.splits[L.n_head_kv] if T == 1 else 1
+        out = emit(tap, "kqv", i, attention(q, self.k_cache[i], self.v_cache[i], positions,
+                                             cfg.attn_scale, window, 0.0, splits))
+        return emit(tap, "kqv_out", i, out.reshape(T, L.n_head * d))
+
+    def mlp(self, i: int, h: torch.Tensor, tap: TapFn | None) -> torch.Tensor:
+        w, act = self.layers[i], ACT[self.cfg.spec.ffn_act]
+        gate_up = torch.cat([qmatmul(h, p) for p in w.gate_up], dim=-1) if len(w.gate_up) > 1 \
+            else qmatmul(h, w.gate_up[0])
+        if tap is None:  # the down projection forms act(gate) * up as it reads its input
+            return qmatmul(gate_up, w.down, act=act)
+        gate, up = gate_up.chunk(2, dim=-1)
+        gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
+        fn = torch.nn.functional.silu if act == 1 else \
+            (lambda t: torch.nn.functional.gelu(t, approximate="tanh"))
+        a = emit(tap, "ffn_act", i, fn(gate) * up)
+        return emit(tap, "ffn_out", i, qmatmul(a, w.down))
+
+
+class FastSession:
+    """One sequence on the fast path: chunked prefill, and greedy decode through a CUDA graph."""
+
+    def __init__(self, model: FastTransformer, n_ubatch: int = 512):
+        self.model, self.n_ubatch, self.pos = model, n_ubatch, 0
+        dev = model.device
+        self._token = torch.zeros(1, dtype=torch.long, device=dev)
+        self._position = torch.zeros(1, dtype=torch.int32, device=dev)
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._logits: torch.Tensor | None = None
+
+    def reset(self) -> None:
+        self.pos = 0
+
+    @torch.inference_mode()
+    def eval(self, token_ids, tap: TapFn | None = None, last_only: bool = False) -> torch.Tensor:
+        n = len(token_ids)
+        if self.pos + n > self.model.max_ctx:
+            raise ValueError(f"context full: {self.pos} + {n} tokens > n_ctx {self.model.max_ctx}")
+        if n == 1 and tap is None and self.model.device.type == "cuda":
+            self._token.fill_(int(token_ids[0]))
+            self._position.fill_(self.pos)
+            self.pos += 1
+            return self._step().clone()
+        ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.model.device)
+        out = []
+        for lo in range(0, n, self.n_ubatch):
+            chunk = ids[lo:lo + self.n_ubatch]
+            pos = torch.arange(self.pos, self.pos + len(chunk), dtype=torch.int32,
+                               device=self.model.device)
+            out.append(self.model.forward(chunk, pos, tap, last_only))
+            self.pos += len(chunk)
+        return out[-1] if last_only else torch.cat(out)
+
+    def _step(self) -> torch.Tensor:
+        """One token from the static buffers, through the captured graph."""
+        if self._graph is None:
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):  # compile and warm every kernel before capture
+                for _ in range(2):
+                    self.model.forward(self._token, self._position)
+            torch.cuda.current_stream().wait_stream(stream)
+            self._graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(self._graph):
+                self._logits = self.model.forward(self._token, self._position)
+        self._graph.replay()
+        return self._logits
+
+    @torch.inference_mode()
+    def generate_greedy(self, prompt_ids, n: int) -> list[int]:
+        """n greedy tokens after the prompt; one host sync at the end."""
+        logits = self.eval(prompt_ids, last_only=True)
+        out = torch.empty(n, dtype=torch.long, device=self.model.device)
+        self._token.copy_(logits[-1].argmax().view(1))
+        for i in range(n):
+            out[i:i + 1].copy_(self._token)
+            if i == n - 1:
+                break
+            self._position.fill_(self.pos)  # a host int: no read back from the device
+            self.pos += 1
+            self._token.copy_(self._step()[-1].argmax().view(1))
+        return out.tolist()
+
+
+def load_fast_model(path, device: str | torch.device = "cuda", max_ctx: int = 4096
+                    ) -> FastTransformer:
+    from .config import config_from_gguf
+
+    gf = GGUFFile(path)
+    return FastTransformer(config_from_gguf(gf), gf, torch.device(device), max_ctx)

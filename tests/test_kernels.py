@@ -1,0 +1,217 @@
+"""The fast kernels against the engine's torch reference; on the CPU through Triton's interpreter.
+
+Dequantisation is compared bit for bit (the planes hold the stored integers and scales, and the
+kernels form the same float32 products as the reference); products and attention within float32
+or fp16 rounding of the reference's result.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from impdiff.engine import model as ref
+from impdiff.engine.packed import PACKED_TYPES, pack_gguf, pack_nvfp4
+from impdiff.engine.quants import dequantize as reference_dequantize
+from impdiff.kernels.attention import attention
+from impdiff.kernels.norm_rope import residual_norm, rope
+from impdiff.kernels.quant_matmul import (GemvConfig, dequantize, dequantize_reference, qgemv,
+                                          qmatmul)
+from .test_quants import T, random_tensor
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+QUANT_TYPES = [t for t in PACKED_TYPES if t not in (T.F32, T.F16, T.BF16)]
+
+
+def _finite_float_tensor(qtype, rows, cols, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(rows, cols, generator=g) * 0.1
+    dtype = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}[qtype]
+    return w.to(dtype).view(torch.uint8).numpy(), (rows, cols)
+
+
+def _weight(qtype, rows=19, blocks=3, seed=0):
+    """Stored bytes and shape of a random [rows, k] tensor; K-quants get 256-value rows."""
+    if qtype in (T.F32, T.F16, T.BF16):
+        return _finite_float_tensor(qtype, rows, 96 * blocks, seed)
+    per_row = blocks if qtype in (T.Q4_K, T.Q5_K, T.Q6_K) else blocks * 5  # 480: not 256-wide
+    return random_tensor(qtype, (rows,), per_row, seed)
+
+
+@pytest.mark.parametrize("qtype", PACKED_TYPES, ids=lambda t: t.name)
+def test_planes_and_dequant_kernel_are_bit_exact(qtype):
+    raw, shape = _weight(qtype)
+    expected = reference_dequantize(raw, qtype, shape)
+    w = pack_gguf(raw, qtype, shape, DEVICE)
+    assert torch.equal(dequantize_reference(w).cpu(), expected)
+    assert torch.equal(dequantize(w, torch.float32).cpu(), expected)
+
+
+@pytest.mark.parametrize("qtype", PACKED_TYPES, ids=lambda t: t.name)
+@pytest.mark.parametrize("split", [1, 2])
+def test_gemv_matches_reference_product(qtype, split):
+    raw, shape = _weight(qtype, seed=1)
+    w = pack_gguf(raw, qtype, shape, DEVICE)
+    x = torch.randn(shape[1], generator=torch.Generator().manual_seed(2))
+    expected = reference_dequantize(raw, qtype, shape).double() @ x.double()
+    got = qgemv(x.to(DEVICE), w, config=GemvConfig(16, 128, split, 4)).cpu().double()
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize("act,fn", [(1, torch.nn.functional.silu),
+                                    (2, lambda t: torch.nn.functional.gelu(t, approximate="tanh"))])
+def test_gemv_forms_the_gated_activation(act, fn):
+    raw, shape = _weight(T.Q4_K, seed=3)
+    w = pack_gguf(raw, T.Q4_K, shape, DEVICE)
+    gate, up = torch.randn(2, shape[1], generator=torch.Generator().manual_seed(4)) * 3
+    expected = reference_dequantize(raw, T.Q4_K, shape).double() @ (fn(gate) * up).double()
+    got = qgemv(torch.cat([gate, up]).to(DEVICE), w, act=act).cpu().double()
+    assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+def test_prefill_product_rescales_large_activations_instead_of_overflowing_fp16():
+    raw, shape = _weight(T.Q8_0, seed=5)
+    w = pack_gguf(raw, T.Q8_0, shape, DEVICE)
+    x = torch.randn(4, shape[1], generator=torch.Generator().manual_seed(6)) * 1e5  # > fp16 max
+    expected = x.double() @ reference_dequantize(raw, T.Q8_0, shape).double().T
+    got = qmatmul(x.to(DEVICE), w).cpu().double()
+    assert torch.isfinite(got).all()
+    assert (got - expected).abs().max() <= 2e-3 * expected.abs().max()
+
+
+def test_nvfp4_planes_match_the_loader_dequantiser():
+    from impdiff.engine import nvfp4
+
+    g = torch.Generator().manual_seed(7)
+    codes = torch.randint(0, 256, (8, 32), generator=g, dtype=torch.uint8)
+    scale = (torch.rand(8, 4, generator=g) * 4).to(torch.float8_e4m3fn)
+    expected = nvfp4.dequantize(codes, scale, 0.37)
+    w = pack_nvfp4(codes.to(DEVICE), scale.to(DEVICE), 0.37)
+    assert torch.equal(dequantize_reference(w).cpu(), expected.float())
+    assert torch.allclose(dequantize(w, torch.float32).cpu(), expected.float(), rtol=1e-6)
+    x = torch.randn(64, generator=g)
+    got = qgemv(x.to(DEVICE), w).cpu().double()
+    want = expected.double() @ x.double()
+    assert (got - want).abs().max() <= 1e-5 * want.abs().max()
+
+
+# --- attention, norm, rope --------------------------------------------------------------------
+
+def _reference_attention(q, k, v, positions, scale, window, softcap):
+    k_pos = torch.arange(k.shape[0])
+    mask = ref.attention_mask(positions.long(), k_pos, window, False)
+    group = q.shape[1] // k.shape[1]
+    kk, vv = k.repeat_interleave(group, 1), v.repeat_interleave(group, 1)
+    s = torch.einsum("thd,shd->hts", q.double(), kk.double()) * scale
+    if softcap:
+        s = torch.tanh(s / softcap) * softcap
+    s = s.masked_fill(~mask, float("-inf"))
+    return torch.einsum("hts,shd->thd", torch.softmax(s, -1), vv.double())
+
+
+@pytest.mark.parametrize("T_q,start,window,softcap,splits", [
+    (24, 0, 0, 0.0, 1),  # prefill, causal
+    (24, 8, 16, 0.0, 1),  # a later chunk, sliding window
+    (1, 40, 0, 0.0, 4),  # decode, key range split four ways
+    (1, 40, 16, 30.0, 2),  # decode with window and soft-capping
+])
+def test_attention_matches_reference(T_q, start, window, softcap, splits):
+    g = torch.Generator().manual_seed(8)
+    H, Hkv, D, S = 4, 2, 32, 64
+    q = torch.randn(T_q, H, D, generator=g)
+    k = torch.randn(S, Hkv, D, generator=g).half()
+    v = torch.randn(S, Hkv, D, generator=g).half()
+    positions = torch.arange(start, start + T_q, dtype=torch.int32)
+    end = start + T_q
+    expected = _reference_attention(q.half().float(), k[:end].float(), v[:end].float(),
+                                    positions, 0.2, window, softcap)
+    got = attention(q.to(DEVICE), k.to(DEVICE), v.to(DEVICE), positions.to(DEVICE), 0.2, window,
+                    softcap, splits).cpu()
+    assert (got.double() - expected).abs().max() < 5e-3
+
+
+def test_residual_norm_variants_match_reference():
+    g = torch.Generator().manual_seed(9)
+    x, h = torch.randn(2, 5, 48, generator=g)
+    w, w_post = torch.randn(2, 48, generator=g)
+    out_x, y = residual_norm(x.to(DEVICE), w.to(DEVICE), 1e-6, h.to(DEVICE), w_post.to(DEVICE))
+    x2 = x + ref.rms_norm(h, w_post, 1e-6)
+    assert torch.allclose(out_x.cpu(), x2, atol=1e-5)
+    assert torch.allclose(y.cpu(), ref.rms_norm(x2, w, 1e-6), atol=1e-5)
+    _, y = residual_norm(x.to(DEVICE), None, 1e-6)
+    assert torch.allclose(y.cpu(), ref.rms_norm(x, None, 1e-6), atol=1e-5)
+
+
+@pytest.mark.parametrize("neox,n_rot", [(True, 32), (False, 32), (True, 16)])
+def test_rope_matches_reference_and_writes_cache_rows(neox, n_rot):
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(6, 3, 32, generator=g)
+    positions = torch.arange(10, 16, dtype=torch.int32)
+    cos, sin = ref.rope_angles(torch.arange(64), n_rot, 10000.0, 1.0, None)
+    expected = ref.apply_rope(x, cos[10:16], sin[10:16], n_rot, neox)
+    got = rope(x.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE), positions.to(DEVICE), n_rot, neox)
+    assert torch.allclose(got.cpu(), expected, atol=1e-5)
+    cache = torch.zeros(64, 3, 32, dtype=torch.float16, device=DEVICE)
+    rope(x.to(DEVICE), cos.to(DEVICE), sin.to(DEVICE), positions.to(DEVICE), n_rot, neox,
+         out=cache)
+    assert torch.allclose(cache[10:16].float().cpu(), expected, atol=2e-3)
+    assert not cache[:10].any() and not cache[16:].any()
+
+
+# --- the fast model against the reference model ------------------------------------------------
+
+@pytest.mark.parametrize("arch,qtype", [("gemma3", "Q4_K_M"), ("llama", "Q8_0")])
+def test_fast_model_matches_reference_model(synth_model, arch, qtype):
+    from impdiff.engine.fast import FastSession, load_fast_model
+    from impdiff.engine.generate import Session
+    from impdiff.engine.loader import load_gguf_model
+
+    path = synth_model(arch, qtype)
+    reference = Session(load_gguf_model(path, "cpu").model, n_ctx=64)
+    fast = FastSession(load_fast_model(path, DEVICE, max_ctx=64))
+    prompt = list(range(5, 17))
+    want, got = reference.eval(prompt), fast.eval(prompt).cpu()
+    assert (got - want).abs().max() < 2e-2 * want.abs().max()
+    want, got = reference.eval([7]), fast.eval([7]).cpu()  # a decode step: the GEMV path
+    assert (got - want).abs().max() < 2e-3 * want.abs().max()
+    assert int(got.argmax()) == int(want.argmax())
+
+
+def test_fast_taps_carry_reference_names_and_can_patch(synth_model):
+    from impdiff.engine.fast import FastSession, load_fast_model
+    from impdiff.engine.generate import Session
+    from impdiff.engine.loader import load_gguf_model
+
+    path = synth_model("gemma3", "F32")
+    seen_ref, seen_fast = [], []
+    Session(load_gguf_model(path, "cpu").model, n_ctx=32).eval(
+        [3, 4, 5], tap=lambda n, i, x: seen_ref.append((n, i)))
+    session = FastSession(load_fast_model(path, DEVICE, max_ctx=32))
+    clean = session.eval([3, 4, 5], tap=lambda n, i, x: seen_fast.append((n, i)))
+    assert set(seen_fast) == set(seen_ref)  # the order of Q/K/V's taps may differ
+    session.reset()
+    patched = session.eval([3, 4, 5], tap=lambda n, i, x: x * 0 if (n, i) == ("l_out", 2) else None)
+    assert not torch.allclose(patched, clean)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_graph_greedy_decode_equals_eager_decode(synth_model):
+    from impdiff.engine.fast import FastSession, load_fast_model
+
+    model = load_fast_model(synth_model("llama", "Q4_K_M"), "cuda", max_ctx=128)
+    graphed = FastSession(model).generate_greedy([1, 2, 3, 4], 24)
+    eager, session = [], FastSession(model)
+    logits = session.eval([1, 2, 3, 4], last_only=True)
+    for _ in range(24):
+        eager.append(int(logits[-1].argmax()))
+        logits = session.eval([eager[-1]], tap=lambda n, i, x: None)  # a tap: no graph
+    assert graphed == eager
+
+
+def test_unsupported_architecture_is_one_clear_error(synth_model):
+    from impdiff.engine.errors import ModelLoadError
+    from impdiff.engine.fast import load_fast_model
+
+    with pytest.raises(ModelLoadError, match="fast path does not run"):
+        load_fast_model(synth_model("qwen3moe", "F32"), DEVICE, max_ctx=16)
+
