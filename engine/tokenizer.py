@@ -19,6 +19,12 @@ Families:
   ``tokenizer.ggml.merges``; text is split first by the regex list llama.cpp uses for the
   ``tokenizer.ggml.pre`` value, then byte-encoded. Built as a ``tokenizers`` BPE with ``Split``
   pre-tokenizers and a ``ByteLevel`` byte mapping.
+* ``"gemma4"`` (Gemma 4: SentencePiece-style BPE). Spaces become ``▁`` (no space prefix), the
+  text is split into runs of newlines and runs of anything else, a run of newlines that is a
+  vocabulary entry is that token, and everything else goes through the ranked merges of
+  ``tokenizer.ggml.merges`` on raw UTF-8 characters; a character no merge reached that is not a
+  token becomes its ``<0xXX>`` byte tokens. BOS is always added (llama.cpp overrides
+  ``add_bos_token=false`` for this family).
 * ``"none"`` / ``"no_vocab"`` (synthetic models with only a vocabulary size): ids decode to
   placeholders ``<tok:ID>``; encoding text raises `ModelLoadError`.
 
@@ -44,6 +50,7 @@ Where exact agreement rests on the vocabulary rather than on construction:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -80,6 +87,7 @@ _TYPE_TO_ATTR = {
 }
 
 SPACE_MARK = "\u2581"  # ▁, SentencePiece's escaped space
+_GEMMA4_SPLIT = re.compile(r"[^\n]+|\n+")
 _C_ISSPACE = " \t\n\v\f\r"  # isspace() in the C locale, used by LSTRIP/RSTRIP
 
 # --- pre-tokenizer regexes (copied from llm_tokenizer_bpe's constructor in llama-vocab.cpp) ----
@@ -228,14 +236,14 @@ class Tokenizer:
 
         if model is None:
             raise ModelLoadError(f"{src}: metadata key 'tokenizer.ggml.model' is missing "
-                                 "(expected 'llama', 'gpt2' or 'none')")
+                                 "(expected 'llama', 'gpt2', 'gemma4' or 'none')")
         if model in ("none", "no_vocab"):
             self.model = "none"
             self.vocab_size = _none_vocab_size(gguf_file)
             return self
-        if model not in ("llama", "gpt2"):
+        if model not in ("llama", "gpt2", "gemma4"):
             raise ModelLoadError(f"{src}: tokenizer.ggml.model='{model}' is not supported "
-                                 "(supported: llama, gpt2, none)")
+                                 "(supported: llama, gpt2, gemma4, none)")
         self.model = model
 
         tokens = md.get("tokenizer.ggml.tokens")
@@ -274,6 +282,12 @@ class Tokenizer:
             self.add_space_prefix = True
             self.clean_spaces = False
             self.add_bos, self.add_eos = True, False
+        elif model == "gemma4":  # BPE, no default special ids, tokenizer_pre "gemma4"
+            sp = {}
+            self.pre = "gemma4"
+            self.add_space_prefix = False
+            self.clean_spaces = True
+            self.add_bos, self.add_eos = False, False
         else:
             sp = {"bos": 11, "eos": 11}
             pre = md.get("tokenizer.ggml.pre") or "default"
@@ -308,6 +322,8 @@ class Tokenizer:
             v = md.get(key)
             if v is not None:
                 setattr(self, attr_name, bool(v))
+        if model == "gemma4":
+            self.add_bos = True  # llama.cpp's "workaround for Gemma 4" (PR 21500)
 
         attrs = self.attrs
         # auto-detect EOT/EOM/FIM tokens by text. llama.cpp walks an unordered_map, so when a
@@ -407,8 +423,10 @@ class Tokenizer:
             merges = md.get("tokenizer.ggml.merges")
             if not isinstance(merges, list) or not merges:
                 raise ModelLoadError(f"{src}: metadata key 'tokenizer.ggml.merges' is missing "
-                                     "(expected the BPE merge list for a gpt2 tokenizer)")
-            self._hf = _build_bpe_merger(src, token_to_id, merges, regexes, ignore_merges)
+                                     f"(expected the BPE merge list for a {model} tokenizer)")
+            self._hf = _build_bpe_merger(src, token_to_id, merges, regexes, ignore_merges,
+                                         raw_utf8=model == "gemma4")
+            self._token_to_id = token_to_id
         return self
 
     # ------------------------------------------------------------------ encode
@@ -422,7 +440,8 @@ class Tokenizer:
         """
         if self.model == "none":
             raise ModelLoadError(f"{self.source}: tokenizer.ggml.model='none' has no vocabulary "
-                                 "to encode text with (expected a llama or gpt2 tokenizer)")
+                                 "to encode text with (expected a llama, gpt2 or gemma4 "
+                                 "tokenizer)")
         out: list[int] = []
         frags = self._partition(text, parse_special) if text else []
         if self.model == "llama":
@@ -449,7 +468,9 @@ class Tokenizer:
             if add_special and self.add_bos:
                 out.append(self.bos_id)
             for f in frags:
-                if isinstance(f, str):
+                if isinstance(f, str) and self.model == "gemma4":
+                    out.extend(self._gemma4_encode(f))
+                elif isinstance(f, str):
                     ids = self._hf.encode(f, add_special_tokens=False).ids
                     n = self.vocab_size
                     out.extend(i for i in ids if i < n)  # drop the not-a-token sentinel
@@ -457,6 +478,22 @@ class Tokenizer:
                     out.append(f)
             if add_special and self.add_eos:
                 out.append(self.eos_id)
+        return out
+
+    def _gemma4_encode(self, text: str) -> list[int]:
+        """llm_tokenizer_bpe_session::tokenize with LLAMA_VOCAB_PRE_TYPE_GEMMA4: spaces escaped,
+        split into newline runs and the rest (regex ``[^\\n]+|[\\n]+``), a newline run that is
+        a token taken whole, merges on raw UTF-8, byte tokens for what stays outside."""
+        out: list[int] = []
+        n = self.vocab_size
+        for m in _GEMMA4_SPLIT.finditer(text.replace(" ", SPACE_MARK)):
+            word = m.group(0)
+            if word[0] == "\n":
+                tid = self._token_to_id.get(word)
+                if tid is not None:
+                    out.append(tid)
+                    continue
+            out.extend(i for i in self._hf.encode(word, add_special_tokens=False).ids if i < n)
         return out
 
     def _spm_expand_extra(self, ids: list[int]) -> list[int]:
@@ -531,7 +568,7 @@ class Tokenizer:
         if a & (ATTR_UNKNOWN | ATTR_CONTROL | ATTR_USER_DEFINED):
             return text.encode("utf-8")
         if a & ATTR_NORMAL:
-            if self.model == "llama":
+            if self.model in ("llama", "gemma4"):
                 return text.replace(SPACE_MARK, " ").encode("utf-8")
             return _gpt2_decode_text(text)
         if a & ATTR_BYTE:
@@ -732,7 +769,11 @@ def _build_spm_merger(tokens: list[str], scores: list[float], token_to_id: dict[
 
 
 def _build_bpe_merger(src: str, token_to_id: dict[str, int], merges_raw: list[str],
-                      regexes: list[str], ignore_merges: bool):
+                      regexes: list[str], ignore_merges: bool, raw_utf8: bool = False):
+    """The merge loop as a `tokenizers` BPE. `raw_utf8` (Gemma 4): merges run on the text's own
+    characters, an unmerged character outside the vocabulary falls back to its ``<0xXX>`` byte
+    tokens, and splitting is done by the caller; otherwise (gpt2) the text is split by
+    `regexes` and byte-level encoded first."""
     from tokenizers import Regex
     from tokenizers import Tokenizer as HFTokenizer
     from tokenizers import models, pre_tokenizers
@@ -762,9 +803,11 @@ def _build_bpe_merger(src: str, token_to_id: dict[str, int], merges_raw: list[st
         raise ModelLoadError(f"{src}: tokenizer.ggml.tokens contains the reserved string "
                              f"{_UNK_SENTINEL!r}")
     vocab[_UNK_SENTINEL] = n_vocab
-    bpe = models.BPE(vocab=vocab, merges=merges, byte_fallback=False, unk_token=_UNK_SENTINEL,
-                     ignore_merges=ignore_merges, fuse_unk=False)
+    bpe = models.BPE(vocab=vocab, merges=merges, byte_fallback=raw_utf8,
+                     unk_token=_UNK_SENTINEL, ignore_merges=ignore_merges, fuse_unk=False)
     tok = HFTokenizer(bpe)
+    if raw_utf8:
+        return tok
     splits = [pre_tokenizers.Split(Regex(r), behavior="isolated") for r in regexes]
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         splits + [pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])

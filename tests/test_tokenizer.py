@@ -1,6 +1,7 @@
 """The GGUF tokenizer against llama.cpp (llama-cpp-python's low-level API) on real vocabularies.
 
-Each real vocabulary (Gemma 3 270M: SPM; SmolLM2: byte-level BPE) is loaded once per module,
+Each real vocabulary (Gemma 3 270M: SPM; SmolLM2: byte-level BPE; Gemma 4: SentencePiece-style
+BPE, the vocabulary file llama.cpp ships for its own tokenizer tests) is loaded once per module,
 both by `impdiff.engine.tokenizer.Tokenizer` and by llama.cpp with ``vocab_only=True``. Ids must
 agree exactly on a few hundred strings (seeded random mixes plus hand-written hard cases) for
 every combination of ``add_special`` and ``parse_special``; detokenisation, per-token pieces and
@@ -20,7 +21,21 @@ import pytest
 from impdiff.engine.errors import ModelLoadError
 from impdiff.engine.tokenizer import Tokenizer
 
-REAL_MODELS = ["gemma3-270m", "smollm2-135m"]
+REAL_MODELS = ["gemma3-270m", "smollm2-135m", "gemma4-vocab"]
+
+
+def gemma4_vocab() -> Path | None:
+    """llama.cpp's `models/ggml-vocab-gemma-4.gguf` (the real Gemma 4 tokenizer, no weights): in
+    the llama-cpp-python sdist (vendor/llama.cpp/models/), or $IMPDIFF_GEMMA4_VOCAB."""
+    import glob
+    import os
+
+    env = os.environ.get("IMPDIFF_GEMMA4_VOCAB")
+    if env:
+        return Path(env)
+    found = sorted(glob.glob("/tmp/sdist/llama_cpp_python-*/vendor/llama.cpp/models/"
+                             "ggml-vocab-gemma-4.gguf"))
+    return Path(found[-1]) if found else None
 
 
 # --------------------------------------------------------------------------- llama.cpp helper
@@ -93,10 +108,16 @@ def pair(request):
     from impdiff.engine.gguf_file import GGUFFile
     from impdiff.real_models import REAL_MODELS as MODELS
 
-    path = MODELS[request.param].locate()
-    if path is None:
-        pytest.skip(f"{request.param} is not installed "
-                    f"(pip install {MODELS[request.param].package})")
+    if request.param == "gemma4-vocab":
+        path = gemma4_vocab()
+        if path is None or not path.exists():
+            pytest.skip("ggml-vocab-gemma-4.gguf not found (set IMPDIFF_GEMMA4_VOCAB to the file "
+                        "in llama-cpp-python's sdist, vendor/llama.cpp/models/)")
+    else:
+        path = MODELS[request.param].locate()
+        if path is None:
+            pytest.skip(f"{request.param} is not installed "
+                        f"(pip install {MODELS[request.param].package})")
     gf = GGUFFile(path)
     ours = Tokenizer.from_gguf(gf)
     ref = LlamaVocab(path)
@@ -280,7 +301,8 @@ def test_special_ids_match_llama_cpp(pair):
     ref_eog = frozenset(i for i in range(ref.n_tokens) if lib.llama_vocab_is_eog(v, i))
     assert ours.eog_ids == ref_eog
     assert ours.eos_id in ours.eog_ids
-    end_of_turn = "<end_of_turn>" if pair.name.startswith("gemma") else "<|im_end|>"
+    end_of_turn = {"gemma3-270m": "<end_of_turn>", "gemma4-vocab": "<turn|>"}.get(pair.name,
+                                                                                "<|im_end|>")
     assert ours.encode(end_of_turn, False, True)[0] in ours.eog_ids
     assert ours.chat_template == pair.metadata.get("tokenizer.chat_template")
 
@@ -352,3 +374,46 @@ def test_tiny_spm_vocab_by_hand():
     assert tok.decode([1, 10, 10], skip_special=True) == " ab ab"
     assert tok.decode([10, 10]) == "ab ab"
     assert tok.eog_ids == frozenset({2})
+
+
+def test_llama_cpp_reference_cases_of_the_gemma4_vocab():
+    """llama.cpp's own expected ids for its Gemma 4 vocabulary (models/*.gguf.inp / .out)."""
+    path = gemma4_vocab()
+    if path is None or not path.exists():
+        pytest.skip("ggml-vocab-gemma-4.gguf not found")
+    from impdiff.engine.gguf_file import GGUFFile
+
+    tok = Tokenizer.from_gguf(GGUFFile(path))
+    texts = Path(str(path) + ".inp").read_text("utf-8").split("\n__ggml_vocab_test__\n")
+    want = Path(str(path) + ".out").read_text("utf-8").split("\n")
+    assert len(texts) >= 40
+    bad = [(t, tok.encode(t, add_special=False), [int(x) for x in w.split()])
+           for t, w in zip(texts, want)]
+    bad = [b for b in bad if b[1] != b[2]]
+    assert not bad, _report("gemma4-vocab", "llama.cpp's .out", bad, len(texts))
+
+
+def test_tiny_gemma4_vocab_by_hand():
+    # spaces are ▁ with no prefix; merges by rank ("a b" before "▁ ab"); a run of newlines is
+    # one token when the vocabulary has it, else merged; 'z' falls back to bytes; BOS is added
+    # even though the file says add_bos_token=false (llama.cpp overrides it for Gemma 4)
+    tokens = ["<pad>", "<eos>", "<bos>", "<unk>", "▁", "a", "b", "ab", "▁ab", "\n", "\n\n",
+              "<turn|>"]
+    tokens += [f"<0x{b:02X}>" for b in range(256)]
+    types = [3, 3, 3, 2, 1, 1, 1, 1, 1, 1, 1, 3] + [6] * 256
+    tok = Tokenizer.from_gguf(_fake_gguf({
+        "tokenizer.ggml.model": "gemma4", "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.token_type": types, "tokenizer.ggml.merges": ["a b", "▁ ab"],
+        "tokenizer.ggml.bos_token_id": 2, "tokenizer.ggml.eos_token_id": 1,
+        "tokenizer.ggml.add_bos_token": False}))
+    byte = {b: tokens.index(f"<0x{b:02X}>") for b in range(256)}
+    assert tok.add_bos and tok.encode("ab ab") == [2, 7, 8]
+    assert tok.encode("ab ab", add_special=False) == [7, 8]
+    assert tok.encode("a\n\nb", add_special=False) == [5, 10, 6]
+    assert tok.encode("\n\n\n", add_special=False) == [9, 9, 9]  # no merge makes \n\n
+    assert tok.encode("az", add_special=False) == [5, byte[ord("z")]]
+    assert tok.encode("é", add_special=False) == [byte[0xC3], byte[0xA9]]
+    assert tok.encode("a<turn|>", add_special=False, parse_special=True) == [5, 11]
+    assert tok.decode([2, 7, 8]) == "<bos>ab ab"
+    assert tok.decode([2, 7, 8], skip_special=True) == "ab ab"
+    assert tok.decode([byte[0xC3], byte[0xA9]]) == "é"
