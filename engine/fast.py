@@ -231,7 +231,7 @@ class FastSession:
         n = len(token_ids)
         if self.pos + n > self.model.max_ctx:
             raise ValueError(f"context full: {self.pos} + {n} tokens > n_ctx {self.model.max_ctx}")
-        if n == 1 and tap is None and self.model.device.type == "cuda":
+        if n == 1 and tap is None:
             self._token.fill_(int(token_ids[0]))
             self._position.fill_(self.pos)
             self.pos += 1
@@ -247,7 +247,9 @@ class FastSession:
         return out[-1] if last_only else torch.cat(out)
 
     def _step(self) -> torch.Tensor:
-        """One token from the static buffers, through the captured graph."""
+        """One token from the static buffers, through the captured graph (eager off CUDA)."""
+        if self.model.device.type != "cuda":
+            return self.model.forward(self._token, self._position)
         if self._graph is None:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())

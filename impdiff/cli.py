@@ -318,15 +318,16 @@ def battery(
         device=device, diff=diff_at_divergence, diff_taps=diff_taps)
     out_dir = out or Path("runs") / time.strftime("battery-%Y%m%d-%H%M%S")
     outcome = _with_progress("battery", lambda on_progress, on_chunk: run_battery(
-        config, out_dir, on_progress=on_progress, on_chunk=on_chunk))
+        config, out_dir, on_progress=on_progress, on_chunk=on_chunk, command=" ".join(sys.argv)))
     _print_battery(outcome)
     console.print(f"[dim]run directory: {out_dir}/[/dim]")
+    _write_report(out_dir)
     raise typer.Exit(EXIT_DIVERGED if outcome.failed else 0)
 
 
 def _run_gate(r, baseline: Optional[Path], update_baseline: bool, out: Optional[Path],
               junit: Optional[Path], summary: Optional[Path], *, baseline_key: str, run, show,
-              rules, seconds, report: bool) -> None:
+              rules, seconds) -> None:
     """The gate for any recipe kind: run, then write the baseline or compare with it.
 
     `rules` is the kind's module (baseline_of, compare, markdown_summary); `run(out_dir,
@@ -355,8 +356,7 @@ def _run_gate(r, baseline: Optional[Path], update_baseline: bool, out: Optional[
             console.print(f"[bold red]regression:[/bold red] {msg}", highlight=False)
         console.print("[bold green]gate passes[/bold green]" if result.passed
                       else "[bold red]gate fails[/bold red]")
-    if report:
-        _write_report(out_dir)
+    _write_report(out_dir)
     raise typer.Exit(0 if update_baseline or result.passed else EXIT_DIVERGED)
 
 
@@ -376,7 +376,8 @@ def _write_report(run_dir: Path) -> None:
 
 
 @app.command()
-def report(run_dir: Path = typer.Argument(..., help="a run directory of diff, bracket or gate")
+def report(run_dir: Path = typer.Argument(..., help="a run directory of diff, bracket, battery "
+                                                   "or gate")
            ) -> None:
     """Rebuild the HTML report (report.html) of a run directory from its saved data."""
     from .report_html import write_report
@@ -390,14 +391,15 @@ def _print_bracket(outcome) -> None:
     from .report_text import print_diff
 
     c = outcome.config
+    labels = c.labels()
     agreement = c.criterion == "agreement"
     lengths = sorted({r.length for r in outcome.results})
-    table = Table(title="agreement with llama.cpp (✓ agrees, ✗ diverges)" if agreement
-                  else "sentinel recall (✓ recalled, ✗ missed)")
+    table = Table(title=f"agreement with {labels['llamacpp']} (✓ agrees, ✗ diverges)"
+                  if agreement else "sentinel recall (✓ recalled, ✗ missed)")
     table.add_column("tokens", justify="right")
     table.add_column("phase")
     for name in c.runtimes:
-        table.add_column(name, justify="center")
+        table.add_column(labels[name], justify="center")
     if agreement:
         table.add_column("KL last", justify="right")
         table.add_column("first divergent token", justify="right")
@@ -452,14 +454,19 @@ def bracket(
                                           "apply from the command line"),
     out: Optional[Path] = typer.Option(None, "--out", help="run directory (resumes if it "
                                        "exists); default runs/bracket-<time>"),
+    a: Optional[str] = typer.Option(None, "--a", help="runtime under test, RUNTIME:MODEL "
+                                    "(default engine:--model)"),
+    b: Optional[str] = typer.Option(None, "--b", help="reference runtime, RUNTIME:MODEL "
+                                    "(default llamacpp:--model)"),
 ) -> None:
     """Sentinel recall (or agreement with llama.cpp) across lengths; bisect where the engine
     fails and llama.cpp passes."""
     import dataclasses
 
-    from .bracket import BracketConfig, parse_sweep, run_bracket
+    from .bracket import BracketConfig, bracket_sides, parse_sweep, run_bracket
     from .corpora import CORPORA
-    from .real_models import is_instruct, resolve_model
+    from .real_models import is_instruct
+    from .runtimes.registry import resolve_target
 
     if recipe is not None:
         from .recipes import load_recipe
@@ -468,17 +475,21 @@ def bracket(
         if r.kind != "bracket":
             raise UsageError(f"{recipe}: a kind: {r.kind} recipe, not a bracket")
         config = r.config if inject is None else dataclasses.replace(r.config, inject=inject)
-        path = resolve_model(config.model)
     else:
-        path = resolve_model(model)
+        model, spec_a, spec_b = bracket_sides(model, a, b)
         if corpus not in CORPORA:
             raise UsageError(f"--corpus '{corpus}' unknown (built in: {', '.join(CORPORA)})")
         config = BracketConfig(
-            model=model or "gemma3-270m", sweep=tuple(parse_sweep(sweep)),
+            model=model, a=spec_a, b=spec_b, sweep=tuple(parse_sweep(sweep)),
             runtimes=tuple(r.strip() for r in runtimes.split(",") if r.strip()), depth=depth,
             max_tokens=max_tokens, inject=inject or "", corpus=corpus, form=form, seed=seed,
-            resolution=resolution, chat=is_instruct(path) if chat is None else chat,
-            device=device, diff=diff_at_boundary, criterion=criterion, kl_max=kl_max)
+            resolution=resolution, chat=bool(chat), device=device, diff=diff_at_boundary,
+            criterion=criterion, kl_max=kl_max)
+        config.validate()  # before any model is read
+        if chat is None:  # the reference's model decides: one template serves both sides
+            config = dataclasses.replace(
+                config, chat=is_instruct(resolve_target(config.specs()[1])))
+    path = resolve_target(config.specs()[0])  # the file under test: run.json names it
     out_dir = out or Path("runs") / time.strftime("bracket-%Y%m%d-%H%M%S")
     outcome = _with_progress("bracket", lambda on_progress, on_chunk: run_bracket(
         config, path, out_dir, " ".join(sys.argv), on_progress=on_progress, on_chunk=on_chunk))
@@ -507,23 +518,22 @@ def gate(
     from . import battery as battery_rules
     from . import gate as bracket_rules
     from .bracket import run_bracket
-    from .real_models import resolve_model
     from .recipes import load_recipe
+    from .runtimes.registry import resolve_target
 
     r = load_recipe(recipe)
     config = r.config if inject is None else dataclasses.replace(r.config, inject=inject)
     common = (r, baseline, update_baseline, out, junit, summary)
     if r.kind == "battery":
-        # a battery run directory has no layout the HTML report reads yet
         _run_gate(*common, baseline_key="prompts", rules=battery_rules, show=_print_battery,
-                  run=lambda d, p, c: battery_rules.run_battery(config, d, on_progress=p,
-                                                                on_chunk=c),
-                  seconds=lambda o: o.seconds, report=False)
-    path = resolve_model(config.model)
+                  run=lambda d, p, c: battery_rules.run_battery(
+                      config, d, on_progress=p, on_chunk=c, command=" ".join(sys.argv)),
+                  seconds=lambda o: o.seconds)
+    path = resolve_target(config.specs()[0])
     _run_gate(*common, baseline_key="lengths", rules=bracket_rules, show=_print_bracket,
               run=lambda d, p, c: run_bracket(config, path, d, " ".join(sys.argv),
                                               on_progress=p, on_chunk=c),
-              seconds=lambda o: o.seconds["total"], report=True)
+              seconds=lambda o: o.seconds["total"])
 
 
 @app.command()
@@ -535,6 +545,9 @@ def bench(
     runtimes: str = typer.Option("engine,llamacpp", "--runtimes"),
     device: str = typer.Option("auto", "--device", help="engine device"),
     gpu_layers: int = typer.Option(0, "--gpu-layers", help="llama.cpp -ngl (CUDA builds)"),
+    engine_path: str = typer.Option("auto", "--engine-path",
+                                    help="fast (kernels, CUDA graphs), reference, or auto: fast "
+                                         "on CUDA where the architecture has it"),
     bandwidth: Optional[float] = typer.Option(None, "--bandwidth",
                                               help="memory bandwidth in GB/s for the decode "
                                                    "roofline (e.g. 3350 for an H100 SXM)"),
@@ -542,9 +555,10 @@ def bench(
     """Prefill (pp) and decode (tg) tokens/s of the engine and llama.cpp, mean ± sd."""
     from rich.table import Table
 
+    from .bench import FastEngineTimer, LlamaCppTimer, RuntimeTimer, weight_bytes
     from .bench import bench as run_bench
-    from .bench import weight_bytes
-    from .engine.loader import load_gguf_model
+    from .engine.config import config_from_gguf
+    from .engine.gguf_file import GGUFFile
     from .real_models import resolve_model
     from .runtimes.engine import EngineRuntime
     from .runtimes.llamacpp import LlamaCppRuntime
@@ -555,24 +569,41 @@ def bench(
     if unknown:
         raise UsageError(f"--runtimes: unknown {', '.join(sorted(unknown))} (known: engine, "
                          "llamacpp)")
-    loaded = load_gguf_model(path, device)
+    if engine_path not in ("auto", "fast", "reference"):
+        raise UsageError(f"--engine-path: '{engine_path}' (expected auto, fast or reference)")
+    gf = GGUFFile(path)
+    cfg = config_from_gguf(gf)
     n_ctx = n_prompt + n_gen + 64
-    rts = {}
+    timers, where = {}, ""
     if "engine" in names:
-        rts["engine"] = EngineRuntime(path, n_ctx=n_ctx, loaded=loaded)
+        from .engine.fast import FastSession, FastTransformer, unsupported_reason
+        from .engine.loader import resolve_device
+
+        dev = resolve_device(device)
+        fast = engine_path == "fast" or (engine_path == "auto" and dev.type == "cuda"
+                                         and unsupported_reason(cfg) is None)
+        if fast:
+            timers["engine"] = FastEngineTimer(FastSession(FastTransformer(cfg, gf, dev, n_ctx)))
+            where = f"engine fast path on {dev}"
+        else:
+            timers["engine"] = RuntimeTimer(EngineRuntime(path, n_ctx=n_ctx, device=str(dev)))
+            where = f"engine reference on {dev}"
+    rts = []
     if "llamacpp" in names:
-        rts["llama.cpp"] = LlamaCppRuntime(path, n_ctx=n_ctx, n_gpu_layers=gpu_layers)
-    per_token = weight_bytes(loaded.gguf)
+        rts.append(LlamaCppRuntime(path, n_ctx=n_ctx, n_gpu_layers=gpu_layers,
+                                   flash_attn=True if gpu_layers else None))
+        timers["llama.cpp"] = LlamaCppTimer(rts[-1])
+    per_token = weight_bytes(gf)
     try:
         with _progress() as progress:
             task = progress.add_task("bench", total=None)
-            rows = run_bench(rts, n_prompt, n_gen, reps, loaded.cfg.n_vocab, per_token,
+            rows = run_bench(timers, n_prompt, n_gen, reps, cfg.n_vocab, per_token,
                              on_step=lambda s: progress.update(task, description=s))
     finally:
-        for rt in rts.values():
+        for rt in rts:
             rt.close()
-    table = Table(title=f"{path.name} ({loaded.cfg.arch}), engine on {loaded.model.device}, "
-                        f"{reps} repetitions")
+    gpu = f", llama.cpp -ngl {gpu_layers}" if "llamacpp" in names else ""
+    table = Table(title=f"{path.name} ({cfg.arch}), {where}{gpu}, {reps} repetitions")
     for col in ("runtime", "test", "t/s", "weights GB/s"):
         table.add_column(col, justify="left" if col in ("runtime", "test") else "right")
     if bandwidth:
@@ -585,7 +616,8 @@ def bench(
             cells.append(f"{gbs / bandwidth:.0%}" if gbs is not None else "")
         table.add_row(*cells)
     console.print(table)
-    console.print(f"[dim]weight bytes read per decoded token: {per_token / 1e6:.1f} MB[/dim]")
+    console.print(f"[dim]weight bytes read per decoded token (the GGUF's): "
+                  f"{per_token / 1e6:.1f} MB[/dim]")
 
 
 def _print_load_report(loaded, max_warnings: int = 8) -> None:

@@ -215,3 +215,26 @@ def test_unsupported_architecture_is_one_clear_error(synth_model):
     with pytest.raises(ModelLoadError, match="fast path does not run"):
         load_fast_model(synth_model("qwen3moe", "F32"), DEVICE, max_ctx=16)
 
+
+
+def test_row_stats_match_reference_and_count_non_finite():
+    from impdiff.kernels.stats import row_stats, row_stats_reference
+
+    x = torch.randn(5, 3, 40, generator=torch.Generator().manual_seed(11))
+    x[1, 0, 3], x[2, 2, 7] = float("nan"), float("inf")
+    got, want = row_stats(x.to(DEVICE)).cpu(), row_stats_reference(x)
+    assert torch.allclose(got, want, rtol=1e-5)
+    assert got[:, 3].tolist() == [0, 1, 1, 0, 0]
+
+
+def test_gpu_tap_stats_table_from_fast_model(synth_model):
+    from impdiff.engine.fast import FastSession, load_fast_model
+    from impdiff.tap_stats import GpuTapStats
+
+    session = FastSession(load_fast_model(synth_model("llama", "F32"), DEVICE, max_ctx=16))
+    stats = GpuTapStats()
+    session.eval([3, 4, 5], tap=stats)
+    table = stats.table()
+    l_out = table[(table.tap == "l_out") & (table.layer == 0)]
+    assert list(l_out.position) == [0, 1, 2]
+    assert (l_out.rms > 0).all() and (table.nonfinite == 0).all()

@@ -507,6 +507,34 @@ class Worker:
         self.pos = 0
         return ("ok", None)
 
+    def timed(self, kind: str, ids_bytes: bytes):
+        """llama-bench's pp / tg tests, timed here so no request crosses the process boundary
+        per token: "pp" decodes the ids as one prompt on an empty context (last logits only);
+        "tg" decodes them one at a time, synchronising after each, as llama-bench does."""
+        L = self.L
+        ids = np.frombuffer(ids_bytes, dtype=np.int32)
+        if len(ids) > self.n_ctx or (kind == "pp" and len(ids) > self.n_batch):
+            return ("error", f"llama.cpp: {len(ids)} tokens exceed n_ctx/n_batch", self.pos)
+        L.llama_memory_clear(self.mem, True)
+        chunks = [ids] if kind == "pp" else [ids[i:i + 1] for i in range(len(ids))]
+        t0 = time.perf_counter()
+        p0 = 0
+        for chunk in chunks:
+            m = len(chunk)
+            self.b_token[:m] = chunk
+            self.b_pos[:m] = np.arange(p0, p0 + m, dtype=np.int32)
+            self.b_logits[:m] = 0
+            self.b_logits[m - 1] = 1
+            self.batch.n_tokens = m
+            if L.llama_decode(self.ctx, self.batch) != 0:
+                return ("error", f"llama_decode failed at position {p0}", self.pos)
+            L.llama_synchronize(self.ctx)
+            p0 += m
+        seconds = time.perf_counter() - t0
+        L.llama_memory_clear(self.mem, True)
+        self.pos = 0
+        return ("ok", seconds)
+
     def abort(self):
         fn = self.ggml.ggml_abort
         fn.restype = None
@@ -547,6 +575,8 @@ def main(argv: list[str]) -> int:
             conn.send(worker.eval(*msg[1:]))
         elif kind == "reset":
             conn.send(worker.reset())
+        elif kind == "timed":
+            conn.send(worker.timed(*msg[1:]))
         elif kind == "abort":
             worker.abort()
         elif kind == "close":

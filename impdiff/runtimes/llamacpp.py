@@ -557,6 +557,16 @@ class LlamaCppRuntime(Runtime):
             raise RuntimeEvalError(reply[1])
         return self._assemble(reply[1], last_only)
 
+    def timed(self, kind: str, token_ids: Sequence[int]) -> float:
+        """Seconds for llama-bench's "pp" (one prompt) or "tg" (one token at a time) test on
+        an empty context, timed inside the worker. Leaves the context empty."""
+        reply = self._request(("timed", kind, np.asarray(token_ids, np.int32).tobytes()),
+                              doing=f"timing {kind} of {len(token_ids)} tokens")
+        self._pos = 0
+        if reply[0] == "error":
+            raise RuntimeEvalError(reply[1])
+        return float(reply[1])
+
     def _assemble(self, man: dict, last_only: bool = False) -> ChunkOutput:
         # The worker wrote every array of the chunk into one file (see the worker for why).
         # Map it, copy each array out (stitching ubatch pieces by position in the same copy),
