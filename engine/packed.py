@@ -57,7 +57,8 @@ def pack_gguf(raw, qtype: int, shape: tuple[int, ...], device) -> PackedWeight:
 
 def _q8_0(blocks, n, k):
     d, qs = _fields(blocks, T.Q8_0)
-    return PackedWeight(FORMATS["q8_0"], n, k, qs.contiguous().view(torch.int8).reshape(n, k),
+    # the int8 values + 128 as unsigned bytes: every plane holds non-negative integers
+    return PackedWeight(FORMATS["q8_0"], n, k, (qs.contiguous() ^ 0x80).reshape(n, k),
                         s=_f16(d, n))
 
 

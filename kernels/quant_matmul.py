@@ -41,7 +41,7 @@ __all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "dequantize", "qma
 class QuantFormat:
     name: str
     group: int  # G: values per scale
-    qbits: int  # 4: nibble plane; 8: int8 plane; 16: float plane (any float dtype)
+    qbits: int  # 4: nibble plane; 8: byte plane (q8_0 keeps q + 128); 16: float plane
     extra: int = 0  # high bits per value in the int32 `qh` plane
     zero: int = 0
     scale: int = 1  # 0: none; 1: fp16 per group; 2: integer per group x fp16 per super-block
@@ -51,7 +51,7 @@ class QuantFormat:
 
 FORMATS = {f.name: f for f in (
     QuantFormat("float", 32, 16, scale=0),
-    QuantFormat("q8_0", 32, 8),
+    QuantFormat("q8_0", 32, 8, zero=128),  # stored as q + 128 (unsigned, see _exact_float)
     QuantFormat("q4_0", 32, 4, zero=8),
     QuantFormat("q4_1", 32, 4, bias=1),
     QuantFormat("q5_0", 32, 4, extra=1, zero=16),
@@ -122,7 +122,7 @@ def dequantize_reference(w: PackedWeight) -> torch.Tensor:
         q = torch.cat([b & 15, b >> 4], dim=-1)
     else:
         q = w.q.view(n, groups, G)
-        q = q.float() if f.qbits == 16 else q.to(torch.int32)
+        q = q.float() if f.qbits == 16 else q.to(torch.int32)  # q8_0: unsigned, zero 128
     if f.extra:
         e = torch.arange(G, device=q.device, dtype=torch.int32) * f.extra
         q = q | (((w.qh.view(n, groups, 1) >> e) & ((1 << f.extra) - 1)) << 4)
@@ -168,6 +168,9 @@ def _group_values(q_ptr, qh_ptr, rows, groups, mask3, mask2, stride_q, stride_qh
         base = q_ptr + rows[:, None, None] * stride_q + groups[None, :, None] * G + j[None, None, :]
         lo = tl.load(base, mask=mask3, other=0)
         hi = tl.load(base + H, mask=mask3, other=0)
+        if QBITS == 8:
+            lo = lo.to(tl.int32)
+            hi = hi.to(tl.int32)
     if EXTRA > 0:
         word = tl.load(qh_ptr + rows[:, None] * stride_qh + groups[None, :], mask=mask2,
                        other=0)[:, :, None]
@@ -179,7 +182,15 @@ def _group_values(q_ptr, qh_ptr, rows, groups, mask3, mask2, stride_q, stride_qh
         return _e2m1(lo), _e2m1(hi)
     if QBITS == 16:
         return lo.to(tl.float32), hi.to(tl.float32)
-    return (lo - ZERO).to(tl.float32), (hi - ZERO).to(tl.float32)
+    return _exact_float(lo, ZERO), _exact_float(hi, ZERO)
+
+
+@triton.jit
+def _exact_float(q, ZERO: tl.constexpr):
+    """q - ZERO as float32 for 0 <= q < 2^23, without an int-to-float conversion: q in the
+    mantissa of 2^23 is the float 2^23 + q exactly, and the subtraction is exact too. The
+    conversion instruction runs at a quarter of the FMA rate and would bound the GEMV."""
+    return (q | 0x4B000000).to(tl.float32, bitcast=True) - (8388608.0 + ZERO)
 
 
 @triton.jit

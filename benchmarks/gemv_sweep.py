@@ -1,0 +1,84 @@
+"""Decode GEMV tiles on the GPU: bandwidth per weight shape and format, for each tile config.
+
+    python benchmarks/gemv_sweep.py [--shape llama3-8b]
+
+For every distinct (format, rows, cols) of the shape's Q4_K_M and Q8_0 mixes, times `qgemv`
+over a grid of (block_n, block_k, split_k, num_warps) and prints the weight bytes moved per
+second; the default heuristic (`gemv_config`) is shown beside the best found. Timing is of a
+CUDA graph of back-to-back calls over enough copies of the weight to miss the L2 cache, as in
+decode (a Python-launched call of a small GEMV measures the launch, not the kernel).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+
+import numpy as np
+import torch
+
+from impdiff.engine.packed import pack_gguf
+from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, _sm_count
+from impdiff.testing.shapes import SHAPES, _random_blocks, tensor_types
+
+
+def graph_gbs(weights, x, cfg, reps: int = 5) -> float:
+    """Weight GB/s of qgemv over `weights` in turn, timed as one CUDA graph replay."""
+    for w in weights:  # compile and warm outside the capture
+        qgemv(x, w, config=cfg)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for w in weights:
+            qgemv(x, w, config=cfg)
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return reps * sum(w.nbytes for w in weights) / (start.elapsed_time(end) * 1e6)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", default="llama3-8b")
+    ap.add_argument("--mix", default="Q4_K_M,Q8_0")
+    args = ap.parse_args()
+    shape = SHAPES[args.shape]
+    rng = np.random.default_rng(0)
+    seen = set()
+    for mix in args.mix.split(","):
+        for name, ((rows, cols), qtype) in tensor_types(shape, mix).items():
+            kind = name.split(".")[-2]
+            if (qtype, rows, cols) in seen or kind == "token_embd":
+                continue
+            seen.add((qtype, rows, cols))
+            w = pack_gguf(_random_blocks(rng, qtype, rows, cols), qtype, (rows, cols), "cuda")
+            copies = [w] + [clone(w) for _ in range(400_000_000 // w.nbytes)]
+            x = torch.randn(cols, device="cuda")
+            default = gemv_config(w, _sm_count(x.device))
+            results = []
+            for bn, bk, split, warps in itertools.product((4, 8, 16, 32), (256, 512, 1024, 2048),
+                                                          (1, 2, 4), (4, 8)):
+                cfg = GemvConfig(bn, bk, split, warps)
+                if cols // bk < split or bn * bk > 32768:
+                    continue
+                try:
+                    results.append((graph_gbs(copies, x, cfg), cfg))
+                except Exception as exc:  # a config the compiler refuses (registers, shared)
+                    print(f"  {cfg}: {type(exc).__name__}")
+            results.sort(key=lambda r: -r[0])
+            print(f"{qtype.name} {rows}x{cols} ({kind}, {w.nbytes / 1e6:.1f} MB): default "
+                  f"{default} {graph_gbs(copies, x, default):.0f} GB/s; best: " +
+                  "; ".join(f"{c.block_n}/{c.block_k}/{c.split_k}/{c.num_warps} {g:.0f}"
+                            for g, c in results[:4]), flush=True)
+
+
+def clone(w):
+    return w.to("cpu").to("cuda")
+
+
+if __name__ == "__main__":
+    main()
