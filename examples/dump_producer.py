@@ -174,6 +174,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
 
     hp, weights = read_gguf(args.model)
+    # a fault on a layer the model lacks would plant nothing, and the dump would look clean
+    missing = [f"{n}@{l}" for (n, l), _ in args.fault if l >= hp["n_layer"]]
+    if missing:
+        ap.error(f"--fault {missing[0]}: {args.model} has layers 0..{hp['n_layer'] - 1}")
     ids = ([int(t) for t in args.ids.split(",")] if args.ids else
            np.random.default_rng(args.seed).integers(0, hp["n_vocab"], args.tokens).tolist())
     model = Llama(hp, weights, dict(args.fault))

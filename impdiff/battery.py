@@ -212,8 +212,8 @@ def encode_battery_prompt(p: BatteryPrompt, tokenizer, chat: bool, long_context:
 
 def run_battery(config: BatteryConfig, out_dir: Path, *,
                 on_progress: Callable[[str], None] = lambda s: None,
-                on_chunk=None) -> BatteryOutcome:
-    from .bracket import greedy
+                on_chunk=None, command: str = "") -> BatteryOutcome:
+    from .bracket import file_sha256, greedy, versions
     from .diff import run_diff, side_labels, write_tables
     from .engine.faults import parse_faults
     from .runtimes.registry import describe, open_runtime, parse_spec
@@ -305,9 +305,13 @@ def run_battery(config: BatteryConfig, out_dir: Path, *,
     finally:
         rt_a.close()
     outcome = BatteryOutcome(config, labels, results, chat, round(time.perf_counter() - t0, 1))
+    model = infos[0].path  # what the report names and reads layer kinds from
     (out_dir / "battery.json").write_text(json.dumps({
         "config": asdict(config), "labels": list(labels), "chat": chat,
         "summary": outcome.summary_line(), "seconds": outcome.seconds,
+        "command": command, "versions": versions(),
+        "model_path": str(model) if model else None,
+        "model_sha256": file_sha256(model) if model and model.is_file() else None,
         "results": [_record(r) for r in results]}, indent=2))
     return outcome
 

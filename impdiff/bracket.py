@@ -72,6 +72,25 @@ class BracketConfig:
     diff: bool = True
     criterion: str = "recall"  # or "agreement" (see the module doc)
     kl_max: float = 0.01  # agreement: KL at the last prompt position above this fails
+    # what runs each side, RUNTIME:MODEL ("": engine:model and llamacpp:model). The rows keep
+    # the role names `engine` (the side under test, a) and `llamacpp` (the reference, b) whatever
+    # runs them, so baselines and run directories read the same; reports show `labels()`
+    a: str = ""
+    b: str = ""
+
+    def specs(self):
+        """(under test, reference) as runtime specs."""
+        from .runtimes.registry import RuntimeSpec, parse_spec
+
+        a = parse_spec(self.a, "engine", "--a") if self.a else RuntimeSpec("engine", self.model)
+        b = parse_spec(self.b, "llamacpp", "--b") if self.b else RuntimeSpec("llamacpp", self.model)
+        return a, b
+
+    def labels(self) -> dict[str, str]:
+        """Role name -> how reports name the side ('engine' and 'llama.cpp' by default)."""
+        from .diff import side_labels
+
+        return dict(zip(RUNTIME_NAMES, side_labels(*self.specs())))
 
     def validate(self) -> None:
         if self.criterion not in CRITERIA:
@@ -90,6 +109,27 @@ class BracketConfig:
             raise UsageError("--resolution must be at least 1 token")
         if self.max_tokens < 1:
             raise UsageError("--max-tokens must be at least 1")
+        under_test = self.specs()[0]
+        if self.inject and not under_test.factory.faults:
+            raise UsageError(f"--inject applies to engine runtimes; --a {under_test} is "
+                             f"{under_test.factory.display}")
+        for spec in self.specs():
+            if spec.runtime == "dump":  # recorded ids of one prompt: nothing to generate from
+                raise UsageError(f"{spec}: a bracket generates at many lengths; a dump replays "
+                                 "one recorded prompt (use it with `impdiff diff`)")
+
+
+def bracket_sides(model: str | None, a: str | None, b: str | None) -> tuple[str, str, str]:
+    """(model, a, b) for a BracketConfig from the command line or a recipe. `--model` alone
+    leaves a and b empty; with --a / --b both specs are written out, completed as `diff` does
+    (`sides.side_specs`), and the model is the reference's."""
+    from .real_models import DEFAULT_MODEL
+    from .sides import side_specs
+
+    if not (a or b):
+        return model or DEFAULT_MODEL, "", ""
+    spec_a, spec_b = side_specs(model, a, b)
+    return model or spec_b.target, str(spec_a), str(spec_b)
 
 
 @dataclass
@@ -128,13 +168,14 @@ class BracketOutcome:
     def summary_line(self) -> str:
         if self.config.criterion == "agreement":
             return self._agreement_line()
+        a, ref = self.config.labels().values()
         if self.boundary:
             b = self.boundary
-            s = (f"engine fails sentinel recall from {b['first_fail']} tokens while llama.cpp "
-                 f"passes (last engine pass at {b['last_pass']}, resolution "
+            s = (f"{a} fails sentinel recall from {b['first_fail']} tokens while {ref} "
+                 f"passes (last {a} pass at {b['last_pass']}, resolution "
                  f"{b['first_fail'] - b['last_pass']} tokens)")
         elif any(r.runtime == "engine" and not r.passed for r in self.results):
-            s = "engine fails only where llama.cpp fails too: model limit, not an engine bug"
+            s = f"{a} fails only where {ref} fails too: model limit, not an engine bug"
         else:
             s = "every runtime recalls the sentinel at every length"
         if self.both_fail:
@@ -143,8 +184,9 @@ class BracketOutcome:
 
 
     def _agreement_line(self) -> str:
+        a, ref = self.config.labels().values()
         if not self.boundary:
-            return (f"engine agrees with llama.cpp at every length (the same greedy tokens, KL "
+            return (f"{a} agrees with {ref} at every length (the same greedy tokens, KL "
                     f"at the last prompt position at most {self.config.kl_max:g})")
         b = self.boundary
         r = find_result(self.results, "engine", b["first_fail"])
@@ -153,7 +195,7 @@ class BracketOutcome:
             why.append(f"KL at the last prompt position {r.kl_last:.3g} > {self.config.kl_max:g}")
         if r is not None and r.first_divergent is not None:
             why.append(f"generated token {r.first_divergent} differs")
-        return (f"engine stops agreeing with llama.cpp from {b['first_fail']} tokens (last "
+        return (f"{a} stops agreeing with {ref} from {b['first_fail']} tokens (last "
                 f"agreement at {b['last_pass']}, resolution {b['first_fail'] - b['last_pass']} "
                 f"tokens)" + (f": {', '.join(why)}" if why else ""))
 
@@ -288,16 +330,28 @@ def bisect(lo: int, hi: int, check: CheckFn, resolution: int) -> dict:
 
 
 class Bracket:
-    def __init__(self, config: BracketConfig, model_path: Path, run: RunDir,
+    def __init__(self, config: BracketConfig, run: RunDir,
                  on_progress: Callable[[str], None] = lambda s: None):
         from .engine.faults import parse_faults
         from .engine.loader import load_model
+        from .runtimes.registry import describe, resolve_target
+        from .sides import tokenizer_side
 
         config.validate()
-        self.config, self.model_path, self.run = config, model_path, run
+        self.config, self.run = config, run
+        self.specs = dict(zip(RUNTIME_NAMES, config.specs()))  # role -> what runs it
+        under_test = self.specs["engine"]
         self.faults = parse_faults(config.inject)
-        self.loaded = load_model(model_path, config.device, self.faults)
-        self.tokenizer = self.loaded.tokenizer
+        # the engine side loads once: its runtime and the diff at the boundary share it
+        self.loaded = (load_model(resolve_target(under_test), config.device, self.faults)
+                       if under_test.runtime == "engine" else None)
+        infos = [describe(spec) for spec in self.specs.values()]
+        side = tokenizer_side(infos)
+        if self.loaded is None and side is None:
+            raise UsageError(f"no tokenizer for {under_test} or {self.specs['llamacpp']}: a "
+                             "bracket needs one side with a tokenizer")
+        self.tokenizer = self.loaded.tokenizer if self.loaded is not None else side.tokenizer
+        self.n_vocab = next((i.n_vocab for i in infos if i.n_vocab), None)
         self.results = run.load()
         self.on_progress = on_progress
         self._runtimes: dict[str, object] = {}
@@ -305,23 +359,20 @@ class Bracket:
         self.n_ctx = max(config.sweep) + config.max_tokens + 16
 
     def runtime(self, name: str):
+        """The runtime of a role ('engine': under test, 'llamacpp': the reference), opened once."""
+        from .runtimes.registry import open_runtime
+
         if name not in self._runtimes:
+            taps, extra = None, {}
             if name == "engine":
-                from .runtimes.engine import EngineRuntime
+                extra = {"faults": self.faults or None, "loaded": self.loaded}
+            elif self._follow_router():  # the engine follows llama.cpp's expert choice
+                from .compare.experts import ROUTER_TAP
+                from .taps import TapSelection
 
-                self._runtimes[name] = EngineRuntime(self.model_path, n_ctx=self.n_ctx,
-                                                     loaded=self.loaded)
-            else:
-                from .runtimes.llamacpp import LlamaCppRuntime
-
-                taps = None
-                if self._follow_router():  # the engine follows llama.cpp's expert choice
-                    from .compare.experts import ROUTER_TAP
-                    from .taps import TapSelection
-
-                    taps = TapSelection(frozenset({ROUTER_TAP}))
-                self._runtimes[name] = LlamaCppRuntime(self.model_path, n_ctx=self.n_ctx,
-                                                       taps=taps)
+                taps = TapSelection(frozenset({ROUTER_TAP}))
+            self._runtimes[name] = open_runtime(self.specs[name], taps=taps, n_ctx=self.n_ctx,
+                                                device=self.config.device, **extra)
         return self._runtimes[name]
 
     def close(self) -> None:
@@ -342,8 +393,7 @@ class Bracket:
 
         c = self.config
         if self.tokenizer.model == "none":
-            return np.random.default_rng(c.seed).integers(0, self.loaded.cfg.n_vocab,
-                                                          length).tolist()
+            return np.random.default_rng(c.seed).integers(0, self.n_vocab, length).tolist()
         return filler_ids(self.tokenizer, length, c.corpus, c.seed)
 
     def check_agreement(self, runtime: str, length: int, phase: str) -> RecallResult:
@@ -410,7 +460,11 @@ class Bracket:
         return find_result(self.results, runtime, length)
 
     def _follow_router(self) -> bool:
-        return self.config.criterion == "agreement" and bool(self.loaded.cfg.moe_layers)
+        """Route the engine's tokens to llama.cpp's experts: only the engine takes patches,
+        and only llama.cpp's router tap is read here."""
+        return (self.config.criterion == "agreement" and self.loaded is not None
+                and bool(self.loaded.cfg.moe_layers) and self.specs["llamacpp"].runtime ==
+                "llamacpp")
 
     def check(self, runtime: str, length: int, phase: str) -> RecallResult:
         if self.config.criterion == "agreement":
@@ -458,8 +512,9 @@ class Bracket:
             ids, meta = h.ids, {"sentinel_token": h.sentinel_token}
         out_dir = self.run.path / "diff"
         out_dir.mkdir(exist_ok=True)
-        outcome = run_diff(self.model_path, ids, faults=self.faults, loaded=self.loaded,
-                           out_dir=out_dir, on_chunk=on_chunk,
+        outcome = run_diff(None, ids, a=self.specs["engine"], b=self.specs["llamacpp"],
+                           faults=self.faults, loaded=self.loaded, out_dir=out_dir,
+                           device=self.config.device, on_chunk=on_chunk,
                            on_stage=lambda s: self.on_progress(f"diff @ {length}: {s}"))
         write_tables(outcome, out_dir, {"length": length, **meta, "inject": str(self.faults)})
         return outcome
@@ -472,7 +527,7 @@ def run_bracket(config: BracketConfig, model_path: Path, out_dir: Path, command:
             "model_sha256": file_sha256(model_path) if Path(model_path).is_file() else None}
     run = RunDir(out_dir, config, meta)
     t0 = time.perf_counter()
-    b = Bracket(config, model_path, run, on_progress)
+    b = Bracket(config, run, on_progress)
     try:
         b.sweep()
         boundary = b.find_boundary()

@@ -424,7 +424,8 @@ def _print_bracket(outcome) -> None:
         print_diff(console, outcome.diff, top=8)
     s = outcome.seconds
     console.print(f"[dim]wall {s['total']} s; recall checks: "
-                  + ", ".join(f"{k[7:]} {v} s" for k, v in s.items() if k.startswith("recall_"))
+                  + ", ".join(f"{labels.get(k[7:], k[7:])} {v} s" for k, v in s.items()
+                              if k.startswith("recall_"))
                   + "[/dim]", highlight=False)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .bracket import CRITERIA, RUNTIME_NAMES, BracketConfig, parse_sweep
+from .bracket import CRITERIA, RUNTIME_NAMES, BracketConfig, bracket_sides, parse_sweep
 from .errors import UsageError
 
 
@@ -25,10 +25,10 @@ _SCHEMA: dict[str, tuple[tuple[type, ...], Any, str]] = {
     "name": ((str,), None, "a string"),
     "description": ((str,), None, "a string"),
     "kind": ((str,), lambda v: v in ("bracket", "battery"), "'bracket' or 'battery'"),
-    # battery recipes (kind: battery): the two runtime specs, a subset of prompt ids, the length
-    # of the long-context prompt
+    # the two runtime specs (either kind), as `--a` / `--b`
     "a": ((str,), None, "a runtime spec such as engine:MODEL"),
     "b": ((str,), None, "a runtime spec such as llamacpp:MODEL"),
+    # battery recipes (kind: battery): a subset of prompt ids, the long-context prompt's length
     "prompts": ((list,), lambda v: all(isinstance(x, str) for x in v), "a list of prompt ids"),
     "long_context": ((int,), lambda v: v >= 64, "an integer of at least 64"),
     "model": ((str,), None, "a model name or GGUF path"),
@@ -91,7 +91,7 @@ def load_recipe(path: str | Path) -> Recipe:
         baseline = (path.parent / data["baseline"]) if "baseline" in data else None
         return Recipe(data["name"], path, config, baseline, data.get("description", ""),
                       kind="battery")
-    for key in ("a", "b", "prompts", "long_context"):
+    for key in ("prompts", "long_context"):
         if key in data:
             raise UsageError(f"{path}: '{key}' belongs to kind: battery recipes")
     for key in _REQUIRED:
@@ -102,8 +102,12 @@ def load_recipe(path: str | Path) -> Recipe:
         lengths = parse_sweep(sweep if isinstance(sweep, str) else ",".join(map(str, sweep)))
     except UsageError as exc:
         raise UsageError(f"{path}: 'sweep': {str(exc).split(': ', 1)[1]}") from None
+    try:
+        model, a, b = bracket_sides(data.get("model"), data.get("a"), data.get("b"))
+    except UsageError as exc:
+        raise UsageError(f"{path}: {exc}") from None
     config = BracketConfig(
-        model=data.get("model", "gemma3-270m"), sweep=tuple(lengths),
+        model=model, a=a, b=b, sweep=tuple(lengths),
         runtimes=tuple(data.get("runtimes", RUNTIME_NAMES)), depth=float(data.get("depth", 0.5)),
         max_tokens=data.get("max_tokens", 12), inject=data.get("inject") or "",
         corpus=data.get("corpus", "towns"), form=data.get("sentinel", "code"),

@@ -1,6 +1,7 @@
 """The HTML divergence report: one self-contained page per run directory.
 
-Pure functions, one way: `load_run(dir)` reads what a `diff`, `bracket` or `gate` run saved into a
+Pure functions, one way: `load_run(dir)` reads what a `diff`, `bracket`, `battery` or `gate` run
+saved into a
 small `ReportData`; `figures(data)` draws the evidence (matplotlib PNGs as base64 data URIs);
 `render(data, figs)` fills `templates/report.html.j2`. `write_report(dir)` does all three and
 writes `report.html` beside the run's data files, so `impdiff report DIR` rebuilds it any time.
@@ -40,8 +41,9 @@ CONTEXT_NAME = "report.json"
 TEMPLATE_DIR = Path(__file__).parent / "templates"
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
 DIFF_FILES = ("verdict.json", "summary.csv", "logits.csv")
+BATTERY_NAME = "battery.json"
 RUN_FILES = {*DIFF_FILES, "taps.parquet", "run.json", "results.jsonl", "outcome.json",
-             "junit.xml", "summary.md"}
+             "junit.xml", "summary.md", BATTERY_NAME}
 
 
 @dataclass
@@ -83,7 +85,7 @@ class DiffData:
 @dataclass
 class ReportData:
     run_dir: Path
-    kind: str  # "diff" | "bracket" | "gate"
+    kind: str  # "diff" | "bracket" | "battery" | "gate"
     sentence: str  # the verdict, one sentence
     status: str  # "diverged" | "clean" | "regressed" | "incomplete"
     secondary: list[str] = field(default_factory=list)  # further verdict lines
@@ -99,6 +101,8 @@ class ReportData:
     sentinel_token: int | None = None
     created: str = ""
     context: dict = field(default_factory=dict)  # what report.json keeps (read from the GGUF)
+    prompts: list[dict] = field(default_factory=list)  # battery: one row per prompt
+    labels: tuple[str, str] = ("engine", "llama.cpp")  # battery: runtime under test, reference
 
     @property
     def boundary(self) -> dict | None:
@@ -136,6 +140,10 @@ def is_bracket_dir(path: Path) -> bool:
     return (path / "run.json").is_file()
 
 
+def is_battery_dir(path: Path) -> bool:
+    return (path / BATTERY_NAME).is_file()
+
+
 def check_run_dir(run_dir: Path) -> None:
     """Raise a one-line UsageError naming the dir and what is missing unless it is a run dir."""
     if not run_dir.exists():
@@ -147,13 +155,16 @@ def check_run_dir(run_dir: Path) -> None:
             raise UsageError(f"{run_dir}: has run.json but no results.jsonl (the run stopped "
                              "before its first recall check)")
         return
+    if is_battery_dir(run_dir):
+        return
     if is_diff_dir(run_dir):
         missing = [n for n in DIFF_FILES if not (run_dir / n).is_file()]
         if missing:
             raise UsageError(f"{run_dir}: diff run directory without {', '.join(missing)}")
         return
     raise UsageError(f"{run_dir}: not an impdiff run directory (no verdict.json from "
-                     "`impdiff diff`, no run.json from `impdiff bracket` / `impdiff gate`)")
+                     "`impdiff diff`, no run.json from `impdiff bracket` / `impdiff gate`, no "
+                     f"{BATTERY_NAME} from `impdiff battery`)")
 
 
 def plotted_taps(summary: pd.DataFrame, verdict: dict) -> list[tuple[str, int, str]]:
@@ -247,6 +258,14 @@ def model_context(model_path: str | None, saved: dict) -> dict:
     return {k: saved.get(k) for k in ("arch", "sliding_window", "layer_kinds", "n_layer")}
 
 
+def gate_line(checks: list[dict]) -> str:
+    """The gate's outcome as one sentence (brackets and batteries alike)."""
+    failed = [c for c in checks if not c["ok"]]
+    line = ("gate passes: no regression against the baseline" if not failed else
+            "gate fails: " + "; ".join(c["message"] for c in failed))
+    return line[0].upper() + line[1:] + "."
+
+
 def _gate_checks(path: Path) -> list[dict]:
     try:
         suite = ET.parse(path).getroot()
@@ -266,6 +285,8 @@ def load_run(run_dir: str | Path) -> ReportData:
     saved_ctx = _read_json(run_dir / CONTEXT_NAME) if (run_dir / CONTEXT_NAME).is_file() else {}
     if is_bracket_dir(run_dir):
         data = _load_bracket(run_dir)
+    elif is_battery_dir(run_dir):
+        data = _load_battery(run_dir)
     else:
         diff = load_diff(run_dir)
         meta = {k: diff.record.get(k) for k in ("command", "argv", "versions", "model",
@@ -343,14 +364,48 @@ def _load_bracket(run_dir: Path) -> ReportData:
             secondary.append(f"Layer diff at {boundary['first_fail'] if boundary else '?'} "
                              f"tokens: {diff.sentence}.")
     if kind == "gate" and checks:
-        failed = [c for c in checks if not c["ok"]]
-        gate_line = ("gate passes: no regression against the baseline" if not failed else
-                     "gate fails: " + "; ".join(c["message"] for c in failed))
-        secondary.insert(0, gate_line[0].upper() + gate_line[1:] + ".")
-        if failed and status == "clean":
+        secondary.insert(0, gate_line(checks))
+        if not all(c["ok"] for c in checks) and status == "clean":
             status = "regressed"
     return ReportData(run_dir, kind, sentence, status, secondary, meta, diff, results,
                       run.get("config", {}), outcome, checks)
+
+
+def battery_rows(run_dir: Path, results: list[dict]) -> list[dict]:
+    """One row per prompt; `diff` names the prompt's layer-diff subdir where one was saved."""
+    rows = []
+    for r in results:
+        sub = Path(str(r.get("diff_dir") or "")).name
+        rows.append({**r, "agree": r.get("first_divergence") is None,
+                     "diff": sub if sub and is_diff_dir(run_dir / sub) else None})
+    return rows
+
+
+def _load_battery(run_dir: Path) -> ReportData:
+    """A battery (or a battery gate): the prompt table on top; the layer evidence shown is the
+    diff of the first prompt whose diff diverged (the others have pages of their own)."""
+    record = _read_json(run_dir / BATTERY_NAME)
+    prompts = battery_rows(run_dir, [r for r in record.get("results") or []
+                                     if isinstance(r, dict) and "id" in r])
+    checks = _gate_checks(run_dir / "junit.xml") if (run_dir / "junit.xml").is_file() else []
+    labels = tuple(record.get("labels") or ("engine", "llama.cpp"))[:2]
+    culprit = next((p for p in prompts if p.get("diff_diverged") and p["diff"]), None)
+    diff = load_diff(run_dir / culprit["diff"]) if culprit else None
+    secondary = []
+    if culprit:
+        secondary.append(f"Layer diff of `{culprit['id']}` up to its first divergent token: "
+                         f"{diff.sentence}.")
+    # any prompt whose token streams part is a divergence (the battery exits 1), near tie or not
+    status = "clean" if all(p["agree"] and not p.get("diff_diverged") for p in prompts) \
+        else "diverged"
+    if checks:
+        secondary.insert(0, gate_line(checks))
+        status = "clean" if all(c["ok"] for c in checks) else "regressed"
+    meta = {k: record.get(k) for k in ("command", "versions", "model_path", "model_sha256")}
+    return ReportData(run_dir, "gate" if checks else "battery",
+                      record.get("summary") or f"{len(prompts)} prompts, no summary saved",
+                      status, secondary, meta, diff, config=record.get("config") or {},
+                      gate_checks=checks, prompts=prompts, labels=(labels[0], labels[-1]))
 
 
 # --------------------------------------------------------------------------------------- figures
@@ -671,7 +726,13 @@ def facts(data: ReportData) -> list[tuple[str, str]]:
     """The few numbers under the verdict."""
     out = []
     d = data.diff
-    if data.kind in ("bracket", "gate"):
+    if data.prompts:
+        agree = sum(p["agree"] for p in data.prompts)
+        out.append(("prompts agreeing", f"{agree} of {len(data.prompts)} ({data.labels[0]} "
+                    f"vs {data.labels[1]}, greedy)"))
+        if data.config.get("inject"):
+            out.append(("injected fault", str(data.config["inject"])))
+    elif data.kind in ("bracket", "gate"):
         c = data.config
         sweep = c.get("sweep") or []
         if sweep:
@@ -744,6 +805,7 @@ def render(data: ReportData, figs: dict[str, str]) -> str:
         "files": data_files(data.run_dir), "reproduce": reproduce_command(data.meta),
         "rebuild": shlex.join(["impdiff", "report", shown_path(data.run_dir)]),
         "versions": versions, "title_kind": {"diff": "layer diff", "bracket": "recall bracket",
+                                             "battery": "prompt battery",
                                              "gate": "gate"}[data.kind],
         "plotted": (d.positions[["role", "layer", "tap"]].drop_duplicates().to_dict("records")
                     if d is not None and not d.positions.empty else []),
@@ -755,6 +817,9 @@ def render(data: ReportData, figs: dict[str, str]) -> str:
 def write_report(run_dir: str | Path) -> Path:
     """Load the run dir, draw, render, and write `report.html` into it; returns its path."""
     data = load_run(run_dir)
+    for p in data.prompts:  # a battery's page links each prompt's diff page: write those too
+        if p["diff"]:
+            write_report(data.run_dir / p["diff"])
     # the derived data first: the page lists the data files beside it
     (data.run_dir / CONTEXT_NAME).write_text(json.dumps(data.context, indent=2) + "\n")
     if data.diff is not None and data.diff.positions_derived:

@@ -123,6 +123,15 @@ def run_producer(model: Path, out: Path, *args: str) -> None:
     assert proc.returncode == 0, proc.stderr
 
 
+def test_producer_refuses_a_fault_on_a_missing_layer(synth_model, tmp_path):
+    model = synth_model("llama", n_layer=2)
+    proc = subprocess.run([sys.executable, str(PRODUCER), str(model), "--out",
+                           str(tmp_path / "d"), "--fault", "scale-attn-out@2=1.5"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "has layers 0..1" in proc.stderr, proc.stderr
+    assert not (tmp_path / "d").exists()
+
+
 def test_producer_does_not_import_impdiff():
     import re
 

@@ -25,6 +25,8 @@ REPORTS = Path(__file__).parent.parent / "reports"
 EXAMPLES = {
     "gemma3-bracket-clean": "every runtime recalls the sentinel at every length",
     "gemma3-bracket-swa-on-global": "diverges from llama.cpp at layer 5 (global attention)",
+    "gemma4-bisection-swa-on-global": "diverges from llama.cpp at layer 5 (global attention, "
+                                      "MoE)",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PAYLOADS = ("<script>alert('pwned')</script>", "<img src=x onerror=alert(1)>",
@@ -298,6 +300,24 @@ def test_untrusted_text_runs_nothing_in_chromium(tmp_path):
     assert PAYLOADS[0] in text and PAYLOADS[1] in text
 
 
+def test_agreement_bracket_report_speaks_of_agreement_not_recall(tmp_path):
+    run = hostile_run_dir(tmp_path)
+    meta = json.loads((run / "run.json").read_text())
+    meta["config"].update(criterion="agreement", kl_max=1e-5)
+    (run / "run.json").write_text(json.dumps(meta))
+    rows = [json.loads(line) | {"kl_last": 0.0 if json.loads(line)["runtime"] == "llamacpp"
+                                else 2.5e-4}
+            for line in (run / "results.jsonl").read_text().splitlines()]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = " ".join(plain_text(write_report(run).read_text()).split())
+    assert "Agreement with llama.cpp by document length" in text
+    assert "the engine agrees at 64 tokens and diverges from 128" in text
+    assert "engine — diverges KL at the last prompt position 0.00025" in text
+    assert "llamacpp — reference" in text
+    for recall_word in ("Sentinel recall", "recalled", "missed", "expected answer"):
+        assert recall_word not in text
+
+
 # ------------------------------------------------------------------------ 4: not a run directory
 
 def test_report_on_a_non_run_dir_is_a_usage_error(tmp_path):
@@ -311,3 +331,59 @@ def test_report_on_a_non_run_dir_is_a_usage_error(tmp_path):
     (diff_dir / "summary.csv").write_text("layer,tap\n")
     assert_one_line_error(impdiff("report", str(diff_dir)), "half", "logits.csv")
     assert not (tmp_path / "report.html").exists()
+
+
+# ------------------------------------------------------------- 5: a battery (and a battery gate)
+
+def battery_run_dir(tmp_path: Path, junit: str | None = None) -> Path:
+    """A battery run dir: one prompt agrees, one parts at token 3 with a diverged layer diff
+    (the hostile bracket's diff/, moved to diff-json), model output carrying the payloads."""
+    evil = PAYLOADS[0]
+    run = tmp_path / "battery"
+    run.mkdir()
+    shutil.move(str(hostile_run_dir(tmp_path) / "diff"), str(run / "diff-json"))
+    results = [
+        {"id": "fact-capital", "kind": "fact", "n_prompt": 13, "text_a": " Paris",
+         "text_b": " Paris", "correct_a": True, "correct_b": True, "first_divergence": None,
+         "verdict": "", "diff_diverged": None, "diff_dir": ""},
+        {"id": "json-person", "kind": "json", "n_prompt": 32, "text_a": f" {evil}",
+         "text_b": " {}", "correct_a": False, "correct_b": True, "first_divergence": 3,
+         "verdict": f"engine diverges at layer 1 ({evil}), `kqv`", "diff_diverged": True,
+         "diff_dir": str(tmp_path / "elsewhere" / "diff-json")}]
+    (run / "battery.json").write_text(json.dumps({
+        "config": {"a": "engine:m", "b": "llamacpp:m", "inject": "transposed-block@1"},
+        "labels": ["engine", "llama.cpp"], "summary": f"1 of 2 prompts part {evil}",
+        "command": "impdiff battery --model m", "versions": {"impdiff": "0"},
+        "model_path": None, "results": results}))
+    if junit is not None:
+        (run / "junit.xml").write_text(junit)
+    return run
+
+
+def test_battery_report_shows_the_prompts_and_links_each_diff(tmp_path):
+    run = battery_run_dir(tmp_path)
+    page = write_report(run).read_text()
+    assert verdict_line(page) == f"1 of 2 prompts part {PAYLOADS[0]}"
+    assert '<section class="verdict diverged">' in page
+    dom = scan(page)
+    assert_runs_nothing(dom)
+    assert [a["href"] for a in dom.tags("a")] == ["diff-json/report.html"]
+    assert (run / "diff-json" / "report.html").is_file()  # the linked page is written too
+    text = plain_text(page)
+    assert "Prompts: engine (a) against llama.cpp (b), greedy" in text
+    assert "1 of 2 (engine vs llama.cpp, greedy)" in text and "transposed-block@1" in text
+    assert "Layer diff of json-person up to its first divergent token" in " ".join(text.split())
+    assert "&lt;script&gt;" in page and PAYLOADS[0] in text  # model output shown as text
+    assert_images_are_pngs(dom, at_least=2)  # the culprit prompt's heatmap and positions
+
+
+@pytest.mark.parametrize("failure, status, line", [
+    ('<failure message="json-person: agreed in the baseline"/>', "regressed", "Gate fails"),
+    ("", "clean", "Gate passes")])
+def test_battery_gate_report_says_what_the_gate_says(tmp_path, failure, status, line):
+    run = battery_run_dir(tmp_path, f'<testsuite name="g"><testcase name="json-person">'
+                                    f'{failure}</testcase></testsuite>')
+    data = load_run(run)
+    assert (data.kind, data.status) == ("gate", status)
+    assert data.secondary[0].startswith(line)
+    assert "Gate checks against the baseline" in plain_text(write_report(run).read_text())
