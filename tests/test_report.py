@@ -25,6 +25,8 @@ REPORTS = Path(__file__).parent.parent / "reports"
 EXAMPLES = {
     "gemma3-bracket-clean": "every runtime recalls the sentinel at every length",
     "gemma3-bracket-swa-on-global": "diverges from llama.cpp at layer 5 (global attention)",
+    "gemma4-bisection-swa-on-global": "diverges from llama.cpp at layer 5 (global attention, "
+                                      "MoE)",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PAYLOADS = ("<script>alert('pwned')</script>", "<img src=x onerror=alert(1)>",
@@ -296,6 +298,24 @@ def test_untrusted_text_runs_nothing_in_chromium(tmp_path):
     assert len(dom.tags("img")) == 2 and not dom.tags("svg")
     text = " ".join(dom.text)
     assert PAYLOADS[0] in text and PAYLOADS[1] in text
+
+
+def test_agreement_bracket_report_speaks_of_agreement_not_recall(tmp_path):
+    run = hostile_run_dir(tmp_path)
+    meta = json.loads((run / "run.json").read_text())
+    meta["config"].update(criterion="agreement", kl_max=1e-5)
+    (run / "run.json").write_text(json.dumps(meta))
+    rows = [json.loads(line) | {"kl_last": 0.0 if json.loads(line)["runtime"] == "llamacpp"
+                                else 2.5e-4}
+            for line in (run / "results.jsonl").read_text().splitlines()]
+    (run / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    text = " ".join(plain_text(write_report(run).read_text()).split())
+    assert "Agreement with llama.cpp by document length" in text
+    assert "the engine agrees at 64 tokens and diverges from 128" in text
+    assert "engine — diverges KL at the last prompt position 0.00025" in text
+    assert "llamacpp — reference" in text
+    for recall_word in ("Sentinel recall", "recalled", "missed", "expected answer"):
+        assert recall_word not in text
 
 
 # ------------------------------------------------------------------------ 4: not a run directory
