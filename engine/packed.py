@@ -13,8 +13,8 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..kernels.quant_matmul import FORMATS, PackedWeight
 from .errors import ModelLoadError
-from .quants import (_as_bytes, _bits_le, _fields, _k_nibbles, _k_scale_min, _unpack,
-                     type_name)
+from .quants import (_as_bytes, _bits_le, _fields, _k_nibbles, _k_scale_min, _nibbles,
+                     _unpack, type_name)
 
 T = GGMLQuantizationType
 
@@ -23,12 +23,10 @@ def _f16(field: torch.Tensor, rows: int) -> torch.Tensor:
     return field.contiguous().view(torch.float16).reshape(rows, -1)
 
 
-def nibble_plane(q: torch.Tensor, group: int) -> torch.Tensor:
-    """Integers [rows, k] -> bytes [rows, k/2]: in each group, byte j = value j | value j+G/2 << 4."""
-    rows = q.shape[0]
-    g = q.reshape(rows, -1, group).to(torch.uint8)
-    half = group // 2
-    return ((g[..., :half] & 15) | ((g[..., half:] & 15) << 4)).reshape(rows, -1)
+def nibble_plane(q: torch.Tensor) -> torch.Tensor:
+    """Integers [rows, k] -> bytes [rows, k/2]: byte c = (value 2c & 15) | (value 2c+1 & 15) << 4."""
+    pairs = q.reshape(q.shape[0], -1, 2).to(torch.uint8)
+    return (pairs[..., 0] & 15) | ((pairs[..., 1] & 15) << 4)
 
 
 def high_plane(q: torch.Tensor, group: int, extra: int) -> torch.Tensor:
@@ -64,19 +62,19 @@ def _q8_0(blocks, n, k):
 
 def _q4_01(blocks, n, k, qt):
     fields = _fields(blocks, qt)
-    d, qs = fields[0], fields[-1]  # ggml's 4-bit layout is the plane layout already
+    d, qs = fields[0], fields[-1]
     m = _f16(fields[1], n) if qt == T.Q4_1 else None
-    return PackedWeight(FORMATS[qt.name.lower()], n, k, qs.contiguous().reshape(n, k // 2),
-                        s=_f16(d, n), b=m)
+    q = _nibbles(qs).reshape(n, k)  # ggml pairs value j with j + 16; the plane pairs 2c, 2c+1
+    return PackedWeight(FORMATS[qt.name.lower()], n, k, nibble_plane(q), s=_f16(d, n), b=m)
 
 
 def _q5_01(blocks, n, k, qt):
     fields = _fields(blocks, qt)
     d, qh, qs = fields[0], fields[-2], fields[-1]
     m = _f16(fields[1], n) if qt == T.Q5_1 else None
-    word = high_plane(_bits_le(qh.contiguous()) << 4, 32, 1)
-    return PackedWeight(FORMATS[qt.name.lower()], n, k, qs.contiguous().reshape(n, k // 2),
-                        qh=word.reshape(n, -1), s=_f16(d, n), b=m)
+    q = (_nibbles(qs) | (_bits_le(qh.contiguous()) << 4)).reshape(n, k)
+    return PackedWeight(FORMATS[qt.name.lower()], n, k, nibble_plane(q),
+                        qh=high_plane(q, 32, 1), s=_f16(d, n), b=m)
 
 
 def _k_quant(blocks, n, k, qt):
@@ -88,7 +86,7 @@ def _k_quant(blocks, n, k, qt):
     q = q.reshape(n, k)
     sc, mn = _k_scale_min(scales)
     fmt = FORMATS[qt.name.lower()]
-    return PackedWeight(fmt, n, k, nibble_plane(q, 32),
+    return PackedWeight(fmt, n, k, nibble_plane(q),
                         qh=high_plane(q, 32, 1) if fmt.extra else None,
                         s=sc.reshape(n, -1).contiguous(), sd=_f16(d, n),
                         b=mn.reshape(n, -1).contiguous(), bd=-_f16(dmin, n))
@@ -100,7 +98,7 @@ def _q6_k(blocks, n, k):
     low = _unpack(ql.reshape(nb, 2, 64), 4).reshape(nb, 8, 32)
     high = _unpack(qh.reshape(nb, 2, 32), 2).reshape(nb, 8, 32)
     q = (low | (high << 4)).reshape(n, k)
-    return PackedWeight(FORMATS["q6_k"], n, k, nibble_plane(q, 16), qh=high_plane(q, 16, 2),
+    return PackedWeight(FORMATS["q6_k"], n, k, nibble_plane(q), qh=high_plane(q, 16, 2),
                         s=scales.contiguous().view(torch.int8).reshape(n, -1), sd=_f16(d, n))
 
 
@@ -121,7 +119,7 @@ def pack_nvfp4(codes: torch.Tensor, block_scale: torch.Tensor, multiplier: float
     """An NVFP4 weight in the HF layout (codes [n, k/2], even value in the low nibble; FP8 E4M3
     scales [n, k/16]; the tensor multiplier of `nvfp4.tensor_multiplier`)."""
     n, k = codes.shape[0], codes.shape[1] * 2
-    values = torch.stack([codes & 15, codes >> 4], dim=-1).reshape(n, k)
-    # fp8 e4m3 -> fp16 is exact; NaN block scales were zeroed by the loader's guards
-    return PackedWeight(FORMATS["nvfp4"], n, k, nibble_plane(values, 16),
+    # the HF packing is the plane layout; fp8 e4m3 -> fp16 is exact (NaN block scales were
+    # zeroed by the loader's guards)
+    return PackedWeight(FORMATS["nvfp4"], n, k, codes.contiguous(),
                         s=block_scale.to(torch.float16).reshape(n, -1), alpha=float(multiplier))

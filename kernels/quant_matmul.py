@@ -8,10 +8,10 @@ values that share a scale (32 for the 32-value block types and Q4_K, 16 for Q6_K
 
 planes, per row of the weight (`PackedWeight`):
 
-* ``q``: the low bits of the G values of a group. For 4-bit types byte j holds value j in its
-  low nibble and value j + G/2 in its high nibble (the 32-value block types store it that way;
-  Q4_K, Q6_K and NVFP4 are repacked to it), so one contiguous load serves both halves; 8-bit
-  and float types store values in order.
+* ``q``: the low bits of each value, in order along the row: for 4-bit types byte c holds
+  value 2c in its low nibble and value 2c+1 in its high one (NVFP4's own packing; ggml's
+  blocks are repacked to it at load), so a row is one contiguous, vectorisable load and the
+  nibbles interleave back into value order in registers; 8-bit and float types are plain.
 * ``qh``: the extra high bits of a group's values in one int32 (Q5_0/Q5_1's fifth bit, Q6_K's
   two top bits), value e at bit EXTRA*e.
 * ``s``: the group scale, fp16 (SCALE=1) or an integer times an fp16 per 256-value super-block
@@ -20,8 +20,8 @@ planes, per row of the weight (`PackedWeight`):
 * ``b``: the group offset, fp16 (BIAS=1, Q4_1/Q5_1's min) or minus an integer times an fp16 per
   super-block ``bd`` (BIAS=2, Q4_K's min; ``bd`` holds -dmin).
 
-The GEMV sums q*x per group before scaling (s * Σ q x + b * Σ x), which is why the layout puts a
-group's values in one tile. The torch reference for both kernels is `dequantize_reference`,
+The GEMV sums q*x per group before scaling (s * Σ q x + b * Σ x): one multiply-add per value,
+the scales once per group. The torch reference for both kernels is `dequantize_reference`,
 itself checked bit for bit against the engine's GGUF dequantiser in the tests.
 """
 
@@ -119,7 +119,7 @@ def dequantize_reference(w: PackedWeight) -> torch.Tensor:
     groups = w.k // G
     if f.qbits == 4:
         b = w.q.view(n, groups, G // 2).to(torch.int32)
-        q = torch.cat([b & 15, b >> 4], dim=-1)
+        q = torch.stack([b & 15, b >> 4], dim=-1).reshape(n, groups, G)
     else:
         q = w.q.view(n, groups, G)
         q = q.float() if f.qbits == 16 else q.to(torch.int32)  # q8_0: unsigned, zero 128
@@ -153,36 +153,34 @@ def _e2m1(code):
 
 
 @triton.jit
-def _group_values(q_ptr, qh_ptr, rows, groups, mask3, mask2, stride_q, stride_qh,
-                  G: tl.constexpr, QBITS: tl.constexpr, EXTRA: tl.constexpr,
-                  ZERO: tl.constexpr, CODEBOOK: tl.constexpr):
-    """Values [rows, groups, G/2] of the first and second half of each group, unscaled."""
-    H: tl.constexpr = G // 2
-    j = tl.arange(0, H)
+def _tile_values(q_ptr, qh_ptr, rows, rmask, g0, n_groups, stride_q, stride_qh,
+                 G: tl.constexpr, NG: tl.constexpr, QBITS: tl.constexpr, EXTRA: tl.constexpr,
+                 ZERO: tl.constexpr, CODEBOOK: tl.constexpr):
+    """Unscaled values [rows, NG groups, G] of groups g0..g0+NG-1, float32, value order."""
+    groups = g0 + tl.arange(0, NG)
     if QBITS == 4:
-        byte = tl.load(q_ptr + rows[:, None, None] * stride_q + groups[None, :, None] * H
-                       + j[None, None, :], mask=mask3, other=0).to(tl.int32)
-        lo = byte & 15
-        hi = (byte >> 4) & 15
+        c = g0 * (G // 2) + tl.arange(0, NG * G // 2)
+        cmask = rmask[:, None] & (c < n_groups * (G // 2))[None, :]
+        byte = tl.load(q_ptr + rows[:, None] * stride_q + c[None, :], mask=cmask,
+                       other=0).to(tl.int32)
+        q = tl.reshape(tl.join(byte & 15, (byte >> 4) & 15), (rows.shape[0], NG, G))
     else:
-        base = q_ptr + rows[:, None, None] * stride_q + groups[None, :, None] * G + j[None, None, :]
-        lo = tl.load(base, mask=mask3, other=0)
-        hi = tl.load(base + H, mask=mask3, other=0)
+        c = g0 * G + tl.arange(0, NG * G)
+        cmask = rmask[:, None] & (c < n_groups * G)[None, :]
+        q = tl.load(q_ptr + rows[:, None] * stride_q + c[None, :], mask=cmask, other=0)
+        q = tl.reshape(q, (rows.shape[0], NG, G))
         if QBITS == 8:
-            lo = lo.to(tl.int32)
-            hi = hi.to(tl.int32)
+            q = q.to(tl.int32)
     if EXTRA > 0:
-        word = tl.load(qh_ptr + rows[:, None] * stride_qh + groups[None, :], mask=mask2,
-                       other=0)[:, :, None]
-        shift = j[None, None, :] * EXTRA
-        top: tl.constexpr = (1 << EXTRA) - 1
-        lo = lo | (((word >> shift) & top) << 4)
-        hi = hi | (((word >> (shift + H * EXTRA)) & top) << 4)
+        word = tl.load(qh_ptr + rows[:, None] * stride_qh + groups[None, :],
+                       mask=rmask[:, None] & (groups < n_groups)[None, :], other=0)
+        e = tl.arange(0, G)[None, None, :] * EXTRA
+        q = q | (((word[:, :, None] >> e) & ((1 << EXTRA) - 1)) << 4)
     if CODEBOOK:
-        return _e2m1(lo), _e2m1(hi)
+        return _e2m1(q)
     if QBITS == 16:
-        return lo.to(tl.float32), hi.to(tl.float32)
-    return _exact_float(lo, ZERO), _exact_float(hi, ZERO)
+        return q.to(tl.float32)
+    return _exact_float(q, ZERO)
 
 
 @triton.jit
@@ -194,22 +192,23 @@ def _exact_float(q, ZERO: tl.constexpr):
 
 
 @triton.jit
-def _group_scales(s_ptr, sd_ptr, b_ptr, bd_ptr, rows, groups, mask2,
+def _group_scales(s_ptr, sd_ptr, b_ptr, bd_ptr, rows, rmask, g0, n_groups,
                   stride_s, stride_sd, stride_b, stride_bd,
-                  G: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr):
-    """Scale and offset [rows, groups] of each group, float32."""
+                  G: tl.constexpr, NG: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr):
+    """Scale and offset [rows, NG] of groups g0..g0+NG-1, float32."""
     PER_SUPER: tl.constexpr = 256 // G
     r = rows[:, None]
-    g = groups[None, :]
+    g = (g0 + tl.arange(0, NG))[None, :]
+    mask2 = rmask[:, None] & (g < n_groups)
     if SCALE == 0:
-        s = tl.full(mask2.shape, 1.0, tl.float32)
+        s = tl.full((rows.shape[0], NG), 1.0, tl.float32)
     else:
         s = tl.load(s_ptr + r * stride_s + g, mask=mask2, other=0).to(tl.float32)
         if SCALE == 2:
             s = s * tl.load(sd_ptr + r * stride_sd + g // PER_SUPER, mask=mask2,
                             other=0).to(tl.float32)
     if BIAS == 0:
-        b = tl.zeros(mask2.shape, tl.float32)
+        b = tl.zeros((rows.shape[0], NG), tl.float32)
     else:
         b = tl.load(b_ptr + r * stride_b + g, mask=mask2, other=0).to(tl.float32)
         if BIAS == 2:
@@ -228,12 +227,16 @@ def _activation(x, ACT: tl.constexpr):
 
 
 @triton.jit
-def _load_x(x_ptr, offs, mask, K, ACT: tl.constexpr):
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    if ACT > 0:  # x holds [gate | up]: the FFN's act(gate) * up, formed as it is read
-        up = tl.load(x_ptr + K + offs, mask=mask, other=0.0).to(tl.float32)
+def _load_x(x_ptr, g0, n_groups, K, G: tl.constexpr, NG: tl.constexpr, ACT: tl.constexpr):
+    """x over groups g0..g0+NG-1 as [1, NG, G]; with ACT, x holds [gate | up] and this is the
+    FFN's act(gate) * up, formed as it is read."""
+    k = g0 * G + tl.arange(0, NG * G)
+    mask = k < n_groups * G
+    x = tl.load(x_ptr + k, mask=mask, other=0.0).to(tl.float32)
+    if ACT > 0:
+        up = tl.load(x_ptr + K + k, mask=mask, other=0.0).to(tl.float32)
         x = _activation(x, ACT) * up
-    return x
+    return tl.reshape(x, (1, NG, G))
 
 
 @triton.jit
@@ -244,31 +247,21 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, qh_ptr, s_ptr, sd_ptr, b_ptr, bd_ptr,
                   CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
                   ACT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     """out[split, n] = alpha * Σ_k W[n, k] x[k] over this program's rows and share of K."""
-    H: tl.constexpr = G // 2
     NG: tl.constexpr = BLOCK_K // G
-    pid_n = tl.program_id(0)
-    pid_k = tl.program_id(1)
-    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rmask = rows < N
-    j = tl.arange(0, H)
     n_groups = K // G
-    acc = tl.zeros([BLOCK_N, NG], tl.float32)
+    acc = tl.zeros((BLOCK_N, NG), tl.float32)
     # splits are whole tiles, so only the matrix's own end needs a mask
     for it in range(0, iters):
-        groups = pid_k * groups_per_split + it * NG + tl.arange(0, NG)
-        gmask = groups < n_groups
-        mask2 = rmask[:, None] & gmask[None, :]
-        mask3 = mask2[:, :, None]
-        x_offs = groups[:, None] * G + j[None, :]
-        x_lo = _load_x(x_ptr, x_offs, gmask[:, None], K, ACT)
-        x_hi = _load_x(x_ptr, x_offs + H, gmask[:, None], K, ACT)
-        v_lo, v_hi = _group_values(q_ptr, qh_ptr, rows, groups, mask3, mask2, stride_q,
-                                   stride_qh, G, QBITS, EXTRA, ZERO, CODEBOOK)
-        s, b = _group_scales(s_ptr, sd_ptr, b_ptr, bd_ptr, rows, groups, mask2, stride_s,
-                             stride_sd, stride_b, stride_bd, G, SCALE, BIAS)
-        dot = tl.sum(v_lo * x_lo[None, :, :] + v_hi * x_hi[None, :, :], axis=2)
-        acc += dot * s + b * tl.sum(x_lo + x_hi, axis=1)[None, :]
-    tl.store(out_ptr + pid_k * N + rows, tl.sum(acc, axis=1) * alpha, mask=rmask)
+        g0 = tl.program_id(1) * groups_per_split + it * NG
+        x = _load_x(x_ptr, g0, n_groups, K, G, NG, ACT)
+        v = _tile_values(q_ptr, qh_ptr, rows, rmask, g0, n_groups, stride_q, stride_qh, G, NG,
+                         QBITS, EXTRA, ZERO, CODEBOOK)
+        s, b = _group_scales(s_ptr, sd_ptr, b_ptr, bd_ptr, rows, rmask, g0, n_groups,
+                             stride_s, stride_sd, stride_b, stride_bd, G, NG, SCALE, BIAS)
+        acc += tl.sum(v * x, axis=2) * s + b * tl.sum(x, axis=2)
+    tl.store(out_ptr + tl.program_id(1) * N + rows, tl.sum(acc, axis=1) * alpha, mask=rmask)
 
 
 @triton.jit
@@ -277,23 +270,19 @@ def _dequant_kernel(out_ptr, q_ptr, qh_ptr, s_ptr, sd_ptr, b_ptr, bd_ptr, N, K, 
                     G: tl.constexpr, QBITS: tl.constexpr, EXTRA: tl.constexpr,
                     ZERO: tl.constexpr, CODEBOOK: tl.constexpr, SCALE: tl.constexpr,
                     BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    H: tl.constexpr = G // 2
     NG: tl.constexpr = BLOCK_K // G
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    groups = tl.program_id(1) * NG + tl.arange(0, NG)
-    j = tl.arange(0, H)
-    mask2 = (rows < N)[:, None] & (groups < K // G)[None, :]
-    mask3 = mask2[:, :, None]
-    v_lo, v_hi = _group_values(q_ptr, qh_ptr, rows, groups, mask3, mask2, stride_q, stride_qh,
-                               G, QBITS, EXTRA, ZERO, CODEBOOK)
-    s, b = _group_scales(s_ptr, sd_ptr, b_ptr, bd_ptr, rows, groups, mask2, stride_s, stride_sd,
-                         stride_b, stride_bd, G, SCALE, BIAS)
-    out = out_ptr + rows[:, None, None].to(tl.int64) * K + groups[None, :, None] * G \
-        + j[None, None, :]
-    w_lo = (v_lo * s[:, :, None] + b[:, :, None]) * alpha
-    w_hi = (v_hi * s[:, :, None] + b[:, :, None]) * alpha
-    tl.store(out, w_lo.to(out_ptr.dtype.element_ty), mask=mask3)
-    tl.store(out + H, w_hi.to(out_ptr.dtype.element_ty), mask=mask3)
+    rmask = rows < N
+    g0 = tl.program_id(1) * NG
+    n_groups = K // G
+    v = _tile_values(q_ptr, qh_ptr, rows, rmask, g0, n_groups, stride_q, stride_qh, G, NG,
+                     QBITS, EXTRA, ZERO, CODEBOOK)
+    s, b = _group_scales(s_ptr, sd_ptr, b_ptr, bd_ptr, rows, rmask, g0, n_groups, stride_s,
+                         stride_sd, stride_b, stride_bd, G, NG, SCALE, BIAS)
+    w = tl.reshape((v * s[:, :, None] + b[:, :, None]) * alpha, (BLOCK_N, BLOCK_K))
+    k = g0 * G + tl.arange(0, BLOCK_K)
+    out = out_ptr + rows[:, None].to(tl.int64) * K + k[None, :]
+    tl.store(out, w.to(out_ptr.dtype.element_ty), mask=rmask[:, None] & (k < K)[None, :])
 
 
 # --- launchers --------------------------------------------------------------------------------
@@ -319,13 +308,13 @@ class GemvConfig:
 
 
 def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
-    """Tiles for a weight: enough programs to fill every SM twice over, splitting K when the
-    rows alone do not (the K/V projections of a GQA model have few rows)."""
-    block_n = 16 if w.fmt.qbits == 4 else 8
-    block_k = 256 if w.k % 256 == 0 or w.k > 1024 else 128
+    """Tiles for a weight: few rows and a long stretch of K per program (measured best on an
+    H200 by benchmarks/gemv_sweep.py); K is split only when the rows alone leave SMs idle."""
+    block_n = 4
+    block_k = min(2048, triton.next_power_of_2(w.k))
     programs = triton.cdiv(w.n, block_n)
     split = 1
-    while programs * split < 2 * n_sm and w.k // (block_k * split * 2) >= 2:
+    while programs * split < n_sm and w.k // (block_k * split * 2) >= 1:
         split *= 2
     return GemvConfig(block_n, block_k, split, 4)
 
