@@ -27,6 +27,8 @@ EXAMPLES = {
     "gemma3-bracket-swa-on-global": "diverges from llama.cpp at layer 5 (global attention)",
     "gemma4-bisection-swa-on-global": "diverges from llama.cpp at layer 5 (global attention, "
                                       "MoE)",
+    "gemma4-bisection-rope-prop-rotated-dims": "diverges from llama.cpp at layer 5 (global "
+                                               "attention, MoE)",
 }
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 PAYLOADS = ("<script>alert('pwned')</script>", "<img src=x onerror=alert(1)>",
