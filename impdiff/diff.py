@@ -189,8 +189,14 @@ def substitution_check(outcome: DiffOutcome, token_ids: Sequence[int], chunk: in
     if key_in not in outcome.lockstep.kept:
         v.substitution_detail = f"not run: the reference tap {key_in} was not captured"
         return
-    # a set tap (the router's top-k) is judged with the router logits beside it
-    names = {v.tap, SCORE_TAP} if TAPS[v.tap].compare == "set" else {v.tap}
+    # a set tap (the router's top-k) is judged as the verdict judged it: with the router logits
+    # beside it where the diff compared them, else on the raw choice (with the logits of a
+    # faulty router captured here only, its own error would widen the noise band enough to
+    # call every swap noise, and a local fault would read as carried in)
+    taps = outcome.lockstep.taps
+    with_scores = TAPS[v.tap].compare == "set" and len(taps) > 0 and bool(
+        ((taps.tap == SCORE_TAP) & (taps.layer == v.layer)).any())
+    names = {v.tap, SCORE_TAP} if with_scores else {v.tap}
     focus = TapSelection(frozenset(names), frozenset({v.layer}))
     patch = {key_in: outcome.lockstep.kept[key_in]}
     patched = open_a(focus)

@@ -267,10 +267,13 @@ def test_faults_are_localised(synth_model, preset, inject, layer, tap, positions
 
 @requires_llama_cpp
 def test_without_router_logits_a_different_expert_is_the_verdict(synth_model):
-    o = diff(synth_model("gemma4-moe"), 64, "router-no-scale@2", substitution=False,
+    o = diff(synth_model("gemma4-moe"), 64, "router-no-scale@2",
              selection=TapSelection.parse("ffn_moe_topk,l_out"))
     assert (o.verdict.layer, o.verdict.tap) == (2, "ffn_moe_topk")
     assert "a different expert was picked" in o.verdict.sentence()
+    # judged on the raw choice, as the verdict was: the faulty router's own logits must not
+    # widen the noise band and excuse the swaps
+    assert o.verdict.substitution == "local to that layer", o.verdict.substitution_detail
     ec = expert_choice(o.lockstep.taps).set_index("layer")
     assert ec.loc[2, "agreement"] < 0.9 and ec.loc[1, "agreement"] > 0.95
 
