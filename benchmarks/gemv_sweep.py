@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 
 import numpy as np
 import torch
@@ -45,10 +46,12 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shape", default="llama3-8b")
     ap.add_argument("--mix", default="Q4_K_M,Q8_0")
+    ap.add_argument("--write-table", help="JSON of the best config per shape, for "
+                                          "$IMPDIFF_GEMV_TABLE")
     args = ap.parse_args()
     shape = SHAPES[args.shape]
     rng = np.random.default_rng(0)
-    seen = set()
+    seen, table = set(), {}
     for mix in args.mix.split(","):
         for name, ((rows, cols), qtype) in tensor_types(shape, mix).items():
             kind = name.split(".")[-2]
@@ -56,12 +59,12 @@ def main():
                 continue
             seen.add((qtype, rows, cols))
             w = pack_gguf(_random_blocks(rng, qtype, rows, cols), qtype, (rows, cols), "cuda")
-            copies = [w] + [clone(w) for _ in range(400_000_000 // w.nbytes)]
+            copies = [w] + [clone(w) for _ in range(200_000_000 // w.nbytes)]
             x = torch.randn(cols, device="cuda")
             default = gemv_config(w, _sm_count(x.device))
             results = []
-            for bn, bk, split, warps in itertools.product((4, 8, 16, 32), (256, 512, 1024, 2048),
-                                                          (1, 2, 4), (4, 8)):
+            for bn, bk, split, warps in itertools.product((1, 2, 4, 8), (1024, 2048), (1, 2),
+                                                          (4, 8)):
                 cfg = GemvConfig(bn, bk, split, warps)
                 if cols // bk < split or bn * bk > 32768:
                     continue
@@ -70,10 +73,16 @@ def main():
                 except Exception as exc:  # a config the compiler refuses (registers, shared)
                     print(f"  {cfg}: {type(exc).__name__}")
             results.sort(key=lambda r: -r[0])
+            best = results[0][1]
+            table[f"{w.fmt.name} {rows} {cols}"] = [best.block_n, best.block_k, best.split_k,
+                                                    best.num_warps]
             print(f"{qtype.name} {rows}x{cols} ({kind}, {w.nbytes / 1e6:.1f} MB): default "
                   f"{default} {graph_gbs(copies, x, default):.0f} GB/s; best: " +
                   "; ".join(f"{c.block_n}/{c.block_k}/{c.split_k}/{c.num_warps} {g:.0f}"
                             for g, c in results[:4]), flush=True)
+    if args.write_table:
+        with open(args.write_table, "w") as f:
+            json.dump(table, f, indent=1)
 
 
 def clone(w):

@@ -24,7 +24,7 @@ import torch
 
 from ..kernels.attention import attention, decode_splits
 from ..kernels.norm_rope import residual_norm, rope
-from ..kernels.quant_matmul import PackedWeight, concat_rows, qmatmul
+from ..kernels.quant_matmul import PackedWeight, concat_rows, qgemv, qmatmul
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_file import GGUFFile
@@ -112,7 +112,10 @@ class FastTransformer:
         self.k_cache = [torch.zeros(max_ctx, L.n_head_kv, L.head_dim, device=device,
                                     dtype=torch.float16) for L in cfg.layers]
         self.v_cache = [torch.zeros_like(k) for k in self.k_cache]
-        self.splits = {L.n_head_kv: decode_splits(L.n_head_kv, device) for L in cfg.layers}
+        # a one-token step splits the key range only where contexts are long enough to need it
+        # (the merge of the splits costs more than it saves on a short cache)
+        self.splits = {L.n_head_kv: min(decode_splits(L.n_head_kv, device), max(1, max_ctx // 1024))
+                       for L in cfg.layers}
 
     @staticmethod
     def _rope_key(L) -> tuple:
@@ -175,8 +178,7 @@ class FastTransformer:
         cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
         T, d = h.shape[0], L.head_dim
         sizes = [L.n_head * d, L.n_head_kv * d, L.n_head_kv * d]
-        q, k, v = (torch.cat([qmatmul(h, p) for p in w.qkv], dim=-1) if len(w.qkv) > 1
-                   else qmatmul(h, w.qkv[0])).split(sizes, dim=-1)
+        q, k, v = _project(h, w.qkv).split(sizes, dim=-1)
         q = emit(tap, "Qcur", i, q.reshape(T, L.n_head, d))
         k = emit(tap, "Kcur", i, k.reshape(T, L.n_head_kv, d))
         v = emit(tap, "Vcur", i, v.reshape(T, L.n_head_kv, d))
@@ -200,8 +202,7 @@ class FastTransformer:
 
     def mlp(self, i: int, h: torch.Tensor, tap: TapFn | None) -> torch.Tensor:
         w, act = self.layers[i], ACT[self.cfg.spec.ffn_act]
-        gate_up = torch.cat([qmatmul(h, p) for p in w.gate_up], dim=-1) if len(w.gate_up) > 1 \
-            else qmatmul(h, w.gate_up[0])
+        gate_up = _project(h, w.gate_up)
         if tap is None:  # the down projection forms act(gate) * up as it reads its input
             return qmatmul(gate_up, w.down, act=act)
         gate, up = gate_up.chunk(2, dim=-1)
@@ -210,6 +211,20 @@ class FastTransformer:
             (lambda t: torch.nn.functional.gelu(t, approximate="tanh"))
         a = emit(tap, "ffn_act", i, fn(gate) * up)
         return emit(tap, "ffn_out", i, qmatmul(a, w.down))
+
+
+def _project(h: torch.Tensor, weights: list[PackedWeight]) -> torch.Tensor:
+    """h times each weight, outputs side by side (one token: written in place, no concat)."""
+    if len(weights) == 1:
+        return qmatmul(h, weights[0])
+    if h.shape[0] > 1:
+        return torch.cat([qmatmul(h, w) for w in weights], dim=-1)
+    out = torch.empty(1, sum(w.n for w in weights), device=h.device, dtype=torch.float32)
+    x, lo = h.reshape(-1), 0
+    for w in weights:
+        qgemv(x, w, out=out[0, lo:lo + w.n])
+        lo += w.n
+    return out
 
 
 class FastSession:

@@ -66,36 +66,35 @@ def residual_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
 
 
 @triton.jit
-def _rope_kernel(x_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr, n_heads,
+def _rope_kernel(x_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr,
                  stride_xt, stride_xh, stride_ot, stride_oh, stride_c,
-                 N_ROT: tl.constexpr, D: tl.constexpr, HEADS: tl.constexpr,
-                 NEOX: tl.constexpr, OUT_AT_POS: tl.constexpr):
+                 N_ROT: tl.constexpr, D: tl.constexpr, NEOX: tl.constexpr,
+                 OUT_AT_POS: tl.constexpr):
+    """One (token, head) per program: a one-token step spreads over as many SMs as heads."""
     t = tl.program_id(0)
+    h = tl.program_id(1)
     pos = tl.load(pos_ptr + t)
     HALF: tl.constexpr = N_ROT // 2
-    h = tl.arange(0, HEADS)
     i = tl.arange(0, HALF)
-    hmask = (h < n_heads)[:, None]
     if NEOX:
         i1 = i
         i2 = i + HALF
     else:
         i1 = 2 * i
         i2 = 2 * i + 1
-    c = tl.load(cos_ptr + pos * stride_c + i)[None, :]
-    s = tl.load(sin_ptr + pos * stride_c + i)[None, :]
-    src = x_ptr + t * stride_xt + h[:, None] * stride_xh
-    x1 = tl.load(src + i1[None, :], mask=hmask, other=0.0).to(tl.float32)
-    x2 = tl.load(src + i2[None, :], mask=hmask, other=0.0).to(tl.float32)
+    c = tl.load(cos_ptr + pos * stride_c + i)
+    s = tl.load(sin_ptr + pos * stride_c + i)
+    src = x_ptr + t * stride_xt + h * stride_xh
+    x1 = tl.load(src + i1).to(tl.float32)
+    x2 = tl.load(src + i2).to(tl.float32)
     row = pos if OUT_AT_POS else t
-    dst = out_ptr + row.to(tl.int64) * stride_ot + h[:, None] * stride_oh
+    dst = out_ptr + row.to(tl.int64) * stride_ot + h * stride_oh
     ty = out_ptr.dtype.element_ty
-    tl.store(dst + i1[None, :], (x1 * c - x2 * s).to(ty), mask=hmask)
-    tl.store(dst + i2[None, :], (x1 * s + x2 * c).to(ty), mask=hmask)
+    tl.store(dst + i1, (x1 * c - x2 * s).to(ty))
+    tl.store(dst + i2, (x1 * s + x2 * c).to(ty))
     if N_ROT < D:  # the unrotated tail is copied
         rest = N_ROT + tl.arange(0, D - N_ROT)
-        tail = tl.load(src + rest[None, :], mask=hmask, other=0.0)
-        tl.store(dst + rest[None, :], tail.to(ty), mask=hmask)
+        tl.store(dst + rest, tl.load(src + rest).to(ty))
 
 
 def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
@@ -109,8 +108,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch
     if out is None:
         out = torch.empty((T, H, D), device=x.device, dtype=torch.float32)
     assert (D - n_rot) & (D - n_rot - 1) == 0, "the unrotated tail must be a power of two"
-    _rope_kernel[(T,)](x, cos, sin, positions, out, H, x.stride(0), x.stride(1), out.stride(0),
-                       out.stride(1), cos.stride(0), N_ROT=n_rot, D=D,
-                       HEADS=triton.next_power_of_2(H), NEOX=neox, OUT_AT_POS=at_pos,
-                       num_warps=4)
+    _rope_kernel[(T, H)](x, cos, sin, positions, out, x.stride(0), x.stride(1), out.stride(0),
+                         out.stride(1), cos.stride(0), N_ROT=n_rot, D=D, NEOX=neox,
+                         OUT_AT_POS=at_pos, num_warps=1)
     return out

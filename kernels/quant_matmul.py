@@ -27,7 +27,11 @@ itself checked bit for bit against the engine's GGUF dequantiser in the tests.
 
 from __future__ import annotations
 
+import functools
+import json
+import os
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import torch
 import triton
@@ -171,16 +175,19 @@ def _tile_values(q_ptr, qh_ptr, rows, rmask, g0, n_groups, stride_q, stride_qh,
         q = tl.reshape(q, (rows.shape[0], NG, G))
         if QBITS == 8:
             q = q.to(tl.int32)
-    if EXTRA > 0:
-        word = tl.load(qh_ptr + rows[:, None] * stride_qh + groups[None, :],
-                       mask=rmask[:, None] & (groups < n_groups)[None, :], other=0)
+    if EXTRA > 0:  # loaded with the tile's rank, so it broadcasts in the tile's layout
+        word = tl.load(qh_ptr + rows[:, None, None] * stride_qh + groups[None, :, None],
+                       mask=rmask[:, None, None] & (groups < n_groups)[None, :, None], other=0)
         e = tl.arange(0, G)[None, None, :] * EXTRA
-        q = q | (((word[:, :, None] >> e) & ((1 << EXTRA) - 1)) << 4)
+        q = q | (((word >> e) & ((1 << EXTRA) - 1)) << 4)
+    # one return: the compiler traces every statement after a constexpr-guarded return
     if CODEBOOK:
-        return _e2m1(q)
-    if QBITS == 16:
-        return q.to(tl.float32)
-    return _exact_float(q, ZERO)
+        v = _e2m1(q)
+    elif QBITS == 16:
+        v = q.to(tl.float32)
+    else:
+        v = _exact_float(q, ZERO)
+    return v
 
 
 @triton.jit
@@ -220,10 +227,11 @@ def _group_scales(s_ptr, sd_ptr, b_ptr, bd_ptr, rows, rmask, g0, n_groups,
 @triton.jit
 def _activation(x, ACT: tl.constexpr):
     if ACT == 1:  # silu
-        return x / (1.0 + tl.exp(-x))
-    # gelu, tanh approximation; tanh(u) = 2 sigmoid(2u) - 1
-    u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
-    return x * (1.0 - 1.0 / (1.0 + tl.exp(2.0 * u)))
+        y = x / (1.0 + tl.exp(-x))
+    else:  # gelu, tanh approximation; tanh(u) = 2 sigmoid(2u) - 1
+        u = 0.7978845608028654 * (x + 0.044715 * x * x * x)
+        y = x * (1.0 - 1.0 / (1.0 + tl.exp(2.0 * u)))
+    return y
 
 
 @triton.jit
@@ -308,8 +316,11 @@ class GemvConfig:
 
 
 def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
-    """Tiles for a weight: few rows and a long stretch of K per program (measured best on an
-    H200 by benchmarks/gemv_sweep.py); K is split only when the rows alone leave SMs idle."""
+    """Tiles for a weight: a tuned entry when the tuning table has this (format, n, k), else
+    few rows and a long stretch of K per program, K split only when the rows leave SMs idle."""
+    tuned = _tuning_table().get(f"{w.fmt.name} {w.n} {w.k}")
+    if tuned:
+        return GemvConfig(*tuned)
     block_n = 4
     block_k = min(2048, triton.next_power_of_2(w.k))
     programs = triton.cdiv(w.n, block_n)
@@ -317,6 +328,17 @@ def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
     while programs * split < n_sm and w.k // (block_k * split * 2) >= 1:
         split *= 2
     return GemvConfig(block_n, block_k, split, 4)
+
+
+TUNING_ENV = "IMPDIFF_GEMV_TABLE"
+
+
+@functools.cache
+def _tuning_table() -> dict:
+    """{"q4_k 14336 4096": [block_n, block_k, split_k, num_warps], ...} from the JSON file named
+    by $IMPDIFF_GEMV_TABLE (written by benchmarks/gemv_sweep.py --write-table on the GPU)."""
+    path = os.environ.get(TUNING_ENV)
+    return json.loads(Path(path).read_text()) if path else {}
 
 
 _SM_COUNT: dict = {}

@@ -1,0 +1,85 @@
+"""Compile every kernel for a GPU target without a GPU: `python -m impdiff.kernels.compile_check`.
+
+Triton's interpreter (the CPU tests) runs kernels as numpy and accepts code the compiler
+rejects, so this builds each kernel, for each storage format and the tile configs the launchers
+use, down to machine code for sm_90 (ptxas ships with Triton), and reports what failed and how
+many layout conversions each GEMV loop needs (each one is a trip through shared memory).
+Run without TRITON_INTERPRET.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from . import attention, norm_rope, quant_matmul, stats
+
+PLANE_TYPES = {  # format -> pointer types of q, qh, s, sd, b, bd
+    "float": ("*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32"),
+    "q8_0": ("*u8", "*u8", "*fp16", "*u8", "*u8", "*u8"),
+    "q4_0": ("*u8", "*u8", "*fp16", "*u8", "*u8", "*u8"),
+    "q4_1": ("*u8", "*u8", "*fp16", "*u8", "*fp16", "*u8"),
+    "q5_0": ("*u8", "*i32", "*fp16", "*u8", "*u8", "*u8"),
+    "q5_1": ("*u8", "*i32", "*fp16", "*u8", "*fp16", "*u8"),
+    "q4_k": ("*u8", "*u8", "*u8", "*fp16", "*u8", "*fp16"),
+    "q5_k": ("*u8", "*i32", "*u8", "*fp16", "*u8", "*fp16"),
+    "q6_k": ("*u8", "*i32", "*i8", "*fp16", "*u8", "*u8"),
+    "nvfp4": ("*u8", "*u8", "*fp16", "*u8", "*u8", "*u8"),
+}
+
+
+def _compile(fn, types: list[str], constexprs: dict, num_warps: int = 4):
+    names = fn.arg_names
+    sig = dict(zip(names, types + ["constexpr"] * (len(names) - len(types))))
+    # what the launcher's specialisation tells the compiler: pointers and strides divisible by 16
+    div = {(i,): [["tt.divisibility", 16]] for i, n in enumerate(names)
+           if sig[n].startswith("*") or n.startswith("stride")}
+    return triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=div),
+                          target=GPUTarget("cuda", 90, 32), options={"num_warps": num_warps})
+
+
+def check() -> list[str]:
+    failures, report = [], []
+
+    def attempt(label, *args, **kwargs):
+        try:
+            kernel = _compile(*args, **kwargs)
+            report.append(f"{label}: ok, {kernel.asm['ttgir'].count('convert_layout')} layout "
+                          f"conversions")
+        except Exception as exc:  # the compiler's own message is the point
+            failures.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[-1][:300]}")
+
+    q = quant_matmul
+    for name, fmt in q.FORMATS.items():
+        planes = list(PLANE_TYPES[name])
+        fa = q._fmt_args(fmt)
+        for bn, bk in ((1, 2048), (4, 2048), (8, 1024)):
+            attempt(f"qgemv {name} {bn}/{bk}", q._qgemv_kernel,
+                    ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32"] + ["i32"] * 6,
+                    dict(fa, ACT=1 if bn == 4 else 0, BLOCK_N=bn, BLOCK_K=bk))
+        attempt(f"dequant {name}", q._dequant_kernel,
+                ["*fp16", *planes, "i32", "i32", "fp32"] + ["i32"] * 6,
+                dict(fa, BLOCK_N=32, BLOCK_K=128))
+    for d, softcap, splits in ((64, False, 1), (256, True, 4)):
+        attempt(f"attention D={d}", attention._attention_kernel,
+                ["*fp32", "*fp16", "*fp16", "*i32", "*fp32", "*fp32", "*fp32", "i32", "fp32",
+                 "fp32", "i32"] + ["i32"] * 10,
+                dict(GROUP=4, D=d, BLOCK_M=16, BLOCK_N=64 if d <= 128 else 32, SOFTCAP=softcap,
+                     SPLITS=splits))
+    attempt("residual_norm", norm_rope._residual_norm_kernel, ["*fp32"] * 6 + ["i32", "fp32"],
+            dict(HAS_H=True, HAS_POST=True, HAS_W=True, BLOCK=1024))
+    attempt("rope", norm_rope._rope_kernel,
+            ["*fp32", "*fp32", "*fp32", "*i32", "*fp16"] + ["i32"] * 5,
+            dict(N_ROT=64, D=128, NEOX=False, OUT_AT_POS=True), num_warps=1)
+    attempt("row_stats", stats._row_stats_kernel, ["*fp32", "*fp32", "i32"], dict(BLOCK=1024))
+    print("\n".join(report))
+    return failures
+
+
+if __name__ == "__main__":
+    failed = check()
+    print("\n".join(failed) or "all kernels compiled")
+    sys.exit(1 if failed else 0)
