@@ -80,9 +80,9 @@ def main():
                   f"{default} {graph_gbs(copies, x, default):.0f} GB/s; best: " +
                   "; ".join(f"{c.block_n}/{c.block_k}/{c.split_k}/{c.num_warps} {g:.0f}"
                             for g, c in results[:4]), flush=True)
-    if args.write_table:
-        with open(args.write_table, "w") as f:
-            json.dump(table, f, indent=1)
+            if args.write_table:  # after every shape: a sweep cut short still leaves a table
+                with open(args.write_table, "w") as f:
+                    json.dump(table, f, indent=1)
 
 
 def clone(w):

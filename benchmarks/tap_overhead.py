@@ -1,9 +1,12 @@
 """Engine prefill time with taps off vs every tap captured, in one run.
 
     python benchmarks/tap_overhead.py [--model gemma3-270m] [--tokens 2048] [--device cpu] [-r 3]
+    python benchmarks/tap_overhead.py --fast [--model ...]   # the CUDA fast path
 
 Both runs compute logits for every position (the `result_output` tap needs them), so the ratio
-is the cost of the taps themselves: the `emit` calls and copying each activation out.
+is the cost of the taps themselves: the `emit` calls and copying each activation out. With
+--fast the engine's fast path runs on CUDA and every tap reduces to per-position statistics
+on the GPU (`impdiff.tap_stats.GpuTapStats`), read back once at the end.
 """
 
 from __future__ import annotations
@@ -32,6 +35,39 @@ def timed(runtime, ids) -> float:
     return time.perf_counter() - t0, sum(v.nbytes for v in out.taps.values())
 
 
+def timed_fast(session, ids, tap) -> float:
+    session.reset()
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    session.eval(ids, tap=tap)
+    torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def main_fast(args, path, ids):
+    from impdiff.engine.fast import FastSession, load_fast_model
+    from impdiff.tap_stats import GpuTapStats
+
+    session = FastSession(load_fast_model(path, "cuda", max_ctx=args.tokens + 8), args.ubatch)
+    timed_fast(session, ids[:64], None)
+    timed_fast(session, ids[:64], GpuTapStats())
+    off, on = [], []
+    for _ in range(args.reps):
+        off.append(timed_fast(session, ids, None))
+        stats = GpuTapStats()
+        t0 = time.perf_counter()
+        on.append(timed_fast(session, ids, stats))
+        table = stats.table()
+        read = time.perf_counter() - t0 - on[-1]
+    m_off, m_on = statistics.fmean(off), statistics.fmean(on)
+    print(f"{path.name}, fast path on {torch.cuda.get_device_name()}, {args.tokens}-token "
+          f"prefill, {args.reps} reps:")
+    print(f"  taps off: {m_off * 1e3:.1f} ms ({args.tokens / m_off:.0f} tok/s)")
+    print(f"  all taps as GPU statistics: {m_on * 1e3:.1f} ms, {len(table)} rows "
+          f"({table.tap.nunique()} taps x layers x positions), read back in {read * 1e3:.0f} ms")
+    print(f"  overhead: {m_on / m_off:.2f}x")
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default=None)
@@ -39,10 +75,13 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("-r", "--reps", type=int, default=3)
     ap.add_argument("--ubatch", type=int, default=512)
+    ap.add_argument("--fast", action="store_true", help="the CUDA fast path, statistics taps")
     args = ap.parse_args()
     path = resolve_model(args.model)
-    loaded = load_gguf_model(path, args.device)
+    loaded = load_gguf_model(path, "cpu" if args.fast else args.device)
     ids = filler_ids(loaded.tokenizer, args.tokens)
+    if args.fast:
+        return main_fast(args, path, ids)
     plain = EngineRuntime(path, n_ctx=args.tokens + 8, n_ubatch=args.ubatch, loaded=loaded)
     tapped = EngineRuntime(path, n_ctx=args.tokens + 8, n_ubatch=args.ubatch, loaded=loaded,
                            taps=TapSelection())
