@@ -331,13 +331,18 @@ def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
 
 
 TUNING_ENV = "IMPDIFF_GEMV_TABLE"
+TUNING_DIR = Path(__file__).parent / "tuning"
 
 
 @functools.cache
 def _tuning_table() -> dict:
-    """{"q4_k 14336 4096": [block_n, block_k, split_k, num_warps], ...} from the JSON file named
-    by $IMPDIFF_GEMV_TABLE (written by benchmarks/gemv_sweep.py --write-table on the GPU)."""
+    """{"q4_k 14336 4096": [block_n, block_k, split_k, num_warps], ...}: the JSON file named by
+    $IMPDIFF_GEMV_TABLE, else the one shipped for this GPU (tuning/<device name>.json), both
+    written by benchmarks/gemv_sweep.py --write-table on that GPU."""
     path = os.environ.get(TUNING_ENV)
+    if not path and torch.cuda.is_available():
+        shipped = TUNING_DIR / (torch.cuda.get_device_name().replace(" ", "_") + ".json")
+        path = str(shipped) if shipped.is_file() else None
     return json.loads(Path(path).read_text()) if path else {}
 
 

@@ -81,11 +81,29 @@ class WorkerError(Exception):
     pass
 
 
+def _mapped_library(prefix: str) -> str | None:
+    """The path of an already-loaded shared library whose file name starts with `prefix`."""
+    try:
+        with open("/proc/self/maps") as maps:
+            for line in maps:
+                path = line.split(maxsplit=5)[-1].strip()
+                if os.path.basename(path).startswith(prefix):
+                    return path
+    except OSError:
+        pass
+    return None
+
+
 def _load_ggml_base(lib_dir: Path) -> ctypes.CDLL:
-    cands = sorted(glob.glob(str(lib_dir / "libggml-base.so*"))) + sorted(glob.glob(str(lib_dir / "libggml-base.*")))
+    # The instance libllama already loaded, by its path: a wheel holds copies, not symlinks, so
+    # libggml-base.so and libggml-base.so.0 are different files, and opening the other one
+    # gives a second ggml with its own globals (with the CUDA backend, a crash while loading).
+    cands = [p for p in [_mapped_library("libggml-base.")] if p] \
+        + sorted(glob.glob(str(lib_dir / "libggml-base.so*"))) \
+        + sorted(glob.glob(str(lib_dir / "libggml-base.*")))
     if not cands:
         raise WorkerError(f"libggml-base not found in {lib_dir}")
-    lib = ctypes.CDLL(cands[0])  # already loaded by libllama: dlopen returns the same instance
+    lib = ctypes.CDLL(cands[0])
     sig = {
         "ggml_nbytes": ([ctypes.c_void_p], ctypes.c_size_t),
         "ggml_op_name": ([ctypes.c_int], ctypes.c_char_p),
