@@ -227,16 +227,32 @@ def _project(h: torch.Tensor, weights: list[PackedWeight]) -> torch.Tensor:
     return out
 
 
+@dataclass
+class _Captured:
+    """A forward of T tokens captured as a CUDA graph, with the buffers it reads and writes."""
+
+    tokens: torch.Tensor
+    positions: torch.Tensor
+    graph: torch.cuda.CUDAGraph | None = None
+    logits: torch.Tensor | None = None
+
+
 class FastSession:
-    """One sequence on the fast path: chunked prefill, and greedy decode through a CUDA graph."""
+    """One sequence on the fast path. One-token steps and full ubatches replay CUDA graphs
+    (captured on first use); other chunk lengths, and any call with a tap, run eagerly."""
 
     def __init__(self, model: FastTransformer, n_ubatch: int = 512):
         self.model, self.n_ubatch, self.pos = model, n_ubatch, 0
-        dev = model.device
-        self._token = torch.zeros(1, dtype=torch.long, device=dev)
-        self._position = torch.zeros(1, dtype=torch.int32, device=dev)
-        self._graph: torch.cuda.CUDAGraph | None = None
-        self._logits: torch.Tensor | None = None
+        self._graphs: dict[tuple[int, bool], _Captured] = {}
+        self._step_buffers = self._buffers(1, True)  # greedy decode feeds its token here
+
+    def _buffers(self, n: int, last_only: bool) -> _Captured:
+        key = (n, last_only)
+        if key not in self._graphs:
+            dev = self.model.device
+            self._graphs[key] = _Captured(torch.zeros(n, dtype=torch.long, device=dev),
+                                          torch.zeros(n, dtype=torch.int32, device=dev))
+        return self._graphs[key]
 
     def reset(self) -> None:
         self.pos = 0
@@ -246,51 +262,55 @@ class FastSession:
         n = len(token_ids)
         if self.pos + n > self.model.max_ctx:
             raise ValueError(f"context full: {self.pos} + {n} tokens > n_ctx {self.model.max_ctx}")
-        if n == 1 and tap is None:
-            self._token.fill_(int(token_ids[0]))
-            self._position.fill_(self.pos)
-            self.pos += 1
-            return self._step().clone()
         ids = torch.as_tensor(list(token_ids), dtype=torch.long, device=self.model.device)
         out = []
         for lo in range(0, n, self.n_ubatch):
             chunk = ids[lo:lo + self.n_ubatch]
-            pos = torch.arange(self.pos, self.pos + len(chunk), dtype=torch.int32,
-                               device=self.model.device)
-            out.append(self.model.forward(chunk, pos, tap, last_only))
+            last = last_only and lo + len(chunk) == n
+            if tap is None and len(chunk) in (1, self.n_ubatch):
+                buffers = self._buffers(len(chunk), last)
+                buffers.tokens.copy_(chunk)
+                buffers.positions.copy_(torch.arange(self.pos, self.pos + len(chunk),
+                                                     dtype=torch.int32))
+                out.append(self._replay(buffers, last).clone())
+            else:
+                pos = torch.arange(self.pos, self.pos + len(chunk), dtype=torch.int32,
+                                   device=self.model.device)
+                out.append(self.model.forward(chunk, pos, tap, last))
             self.pos += len(chunk)
         return out[-1] if last_only else torch.cat(out)
 
-    def _step(self) -> torch.Tensor:
-        """One token from the static buffers, through the captured graph (eager off CUDA)."""
+    def _replay(self, c: _Captured, last_only: bool) -> torch.Tensor:
+        """The graph's logits for what its buffers hold (eager off CUDA)."""
         if self.model.device.type != "cuda":
-            return self.model.forward(self._token, self._position)
-        if self._graph is None:
+            return self.model.forward(c.tokens, c.positions, last_only=last_only)
+        if c.graph is None:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):  # compile and warm every kernel before capture
                 for _ in range(2):
-                    self.model.forward(self._token, self._position)
+                    self.model.forward(c.tokens, c.positions, last_only=last_only)
             torch.cuda.current_stream().wait_stream(stream)
-            self._graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(self._graph):
-                self._logits = self.model.forward(self._token, self._position)
-        self._graph.replay()
-        return self._logits
+            c.graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(c.graph):
+                c.logits = self.model.forward(c.tokens, c.positions, last_only=last_only)
+        c.graph.replay()
+        return c.logits
 
     @torch.inference_mode()
     def generate_greedy(self, prompt_ids, n: int) -> list[int]:
         """n greedy tokens after the prompt; one host sync at the end."""
         logits = self.eval(prompt_ids, last_only=True)
+        step = self._step_buffers
         out = torch.empty(n, dtype=torch.long, device=self.model.device)
-        self._token.copy_(logits[-1].argmax().view(1))
+        step.tokens.copy_(logits[-1].argmax().view(1))
         for i in range(n):
-            out[i:i + 1].copy_(self._token)
+            out[i:i + 1].copy_(step.tokens)
             if i == n - 1:
                 break
-            self._position.fill_(self.pos)  # a host int: no read back from the device
+            step.positions.fill_(self.pos)  # a host int: no read back from the device
             self.pos += 1
-            self._token.copy_(self._step()[-1].argmax().view(1))
+            step.tokens.copy_(self._replay(step, True)[-1].argmax().view(1))
         return out.tolist()
 
 
