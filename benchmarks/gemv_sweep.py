@@ -20,7 +20,7 @@ import torch
 
 from impdiff.engine.packed import pack_gguf
 from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, _sm_count
-from impdiff.testing.shapes import SHAPES, _random_blocks, tensor_types
+from impdiff.testing.shapes import SHAPES, T, _random_blocks, tensor_types
 
 
 def graph_gbs(weights, x, cfg, reps: int = 5) -> float:
@@ -48,7 +48,18 @@ def main():
     ap.add_argument("--mix", default="Q4_K_M,Q8_0")
     ap.add_argument("--write-table", help="JSON of the best config per shape, for "
                                           "$IMPDIFF_GEMV_TABLE")
+    ap.add_argument("--once", nargs=3, metavar=("TYPE", "ROWS", "COLS"),
+                    help="run one GEMV of a random TYPE weight with the default config, for a "
+                         "profiler (ncu -k regex:_qgemv_kernel)")
     args = ap.parse_args()
+    if args.once:
+        qtype, rows, cols = T[args.once[0]], int(args.once[1]), int(args.once[2])
+        blocks = _random_blocks(np.random.default_rng(0), qtype, rows, cols)
+        w = pack_gguf(blocks, qtype, (rows, cols), "cuda")
+        for _ in range(3):
+            qgemv(torch.randn(cols, device="cuda"), w)
+        torch.cuda.synchronize()
+        return
     shape = SHAPES[args.shape]
     rng = np.random.default_rng(0)
     seen, table = set(), {}
