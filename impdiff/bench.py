@@ -112,8 +112,8 @@ def bench(timers: dict[str, object], n_prompt: int, n_gen: int, reps: int, n_voc
     ids = rng.integers(10, n_vocab, max(n_prompt, n_gen, 32)).tolist()
     rows = []
     for name, timer in timers.items():
-        on_step(f"{name}: warm-up")
-        timer.prefill(ids[:32])
+        on_step(f"{name}: warm-up")  # the same lengths as the tests (a graph is per length)
+        timer.prefill(ids[:max(n_prompt, 1)])
         timer.decode(ids[:4])
         for test, n, run in (("pp", n_prompt, timer.prefill), ("tg", n_gen, timer.decode)):
             if not n:

@@ -22,6 +22,10 @@ byte and the whole chunk held in both processes at once).
 
 from __future__ import annotations
 
+try:  # before numpy: a CUDA build of llama.cpp crashes (SIGSEGV) loading any model when
+    import llama_cpp  # noqa: F401  numpy's libraries were loaded into the process first
+except ImportError:  # the parent imports this module for its helpers without llama.cpp
+    pass
 import ctypes
 import glob
 import os
