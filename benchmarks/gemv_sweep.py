@@ -74,9 +74,9 @@ def main():
             x = torch.randn(cols, device="cuda")
             default = gemv_config(w, _sm_count(x.device))
             results = []
-            for bn, bk, split, warps, regs in itertools.product(
-                    (4, 8), (1024, 2048), (1,), (4,), (0, 48, 64, 96)):
-                cfg = GemvConfig(bn, bk, split, warps, regs)
+            for bn, bk, split, warps in itertools.product((1, 2, 4, 8), (1024, 2048), (1, 2),
+                                                          (4, 8)):
+                cfg = GemvConfig(bn, bk, split, warps)
                 if cols // bk < split or bn * bk > 32768:
                     continue
                 try:
@@ -86,10 +86,10 @@ def main():
             results.sort(key=lambda r: -r[0])
             best = results[0][1]
             table[f"{w.fmt.name} {rows} {cols}"] = [best.block_n, best.block_k, best.split_k,
-                                                    best.num_warps, best.max_regs]
+                                                    best.num_warps]
             print(f"{qtype.name} {rows}x{cols} ({kind}, {w.nbytes / 1e6:.1f} MB): default "
                   f"{default} {graph_gbs(copies, x, default):.0f} GB/s; best: " +
-                  "; ".join(f"{c.block_n}/{c.block_k}/{c.split_k}/{c.num_warps}/{c.max_regs} {g:.0f}"
+                  "; ".join(f"{c.block_n}/{c.block_k}/{c.split_k}/{c.num_warps} {g:.0f}"
                             for g, c in results[:4]), flush=True)
             if args.write_table:  # after every shape: a sweep cut short still leaves a table
                 with open(args.write_table, "w") as f:

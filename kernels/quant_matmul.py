@@ -313,8 +313,6 @@ class GemvConfig:
     block_k: int
     split_k: int
     num_warps: int
-    max_regs: int = 0  # a register cap per thread (0: the compiler's choice): more resident
-    #                    warps hide more memory latency, which is what bounds the 4-bit GEMV
 
 
 def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
@@ -376,8 +374,7 @@ def qgemv(x: torch.Tensor, w: PackedWeight, act: int = 0, config: GemvConfig | N
     _qgemv_kernel[grid](x, partial, *planes, w.n, w.k, per_split,
                         per_split // (cfg.block_k // w.fmt.group), w.alpha, *strides,
                         **_fmt_args(w.fmt), ACT=act, BLOCK_N=cfg.block_n, BLOCK_K=cfg.block_k,
-                        num_warps=cfg.num_warps,
-                        **({"maxnreg": cfg.max_regs} if cfg.max_regs else {}))
+                        num_warps=cfg.num_warps)
     if cfg.split_k == 1:
         return partial.view(w.n)
     return torch.sum(partial, dim=0, out=out)

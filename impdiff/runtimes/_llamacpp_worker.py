@@ -101,7 +101,7 @@ def _mapped_library(prefix: str) -> str | None:
 def _load_ggml_base(lib_dir: Path) -> ctypes.CDLL:
     # The instance libllama already loaded, by its path: a wheel holds copies, not symlinks, so
     # libggml-base.so and libggml-base.so.0 are different files, and opening the other one
-    # gives a second ggml with its own globals (with the CUDA backend, a crash while loading).
+    # would put a second ggml, with its own globals, beside the one llama.cpp uses.
     cands = [p for p in [_mapped_library("libggml-base.")] if p] \
         + sorted(glob.glob(str(lib_dir / "libggml-base.so*"))) \
         + sorted(glob.glob(str(lib_dir / "libggml-base.*")))
