@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from impdiff.engine.packed import pack_gguf
-from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, _sm_count
+from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, sm_count
 from impdiff.testing.shapes import SHAPES, T, _random_blocks, tensor_types
 
 
@@ -72,7 +72,7 @@ def main():
             w = pack_gguf(_random_blocks(rng, qtype, rows, cols), qtype, (rows, cols), "cuda")
             copies = [w] + [clone(w) for _ in range(200_000_000 // w.nbytes)]
             x = torch.randn(cols, device="cuda")
-            default = gemv_config(w, _sm_count(x.device))
+            default = gemv_config(w, sm_count(x.device))
             results = []
             for bn, bk, split, warps in itertools.product((1, 2, 4, 8), (1024, 2048), (1, 2),
                                                           (4, 8)):

@@ -28,7 +28,7 @@ from ..kernels.quant_matmul import PackedWeight, concat_rows, qgemv, qmatmul
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_file import GGUFFile
-from .model import GLOBAL, TapFn, emit, rope_angles, softcap
+from .model import GLOBAL, TapFn, emit, ffn_activation, rope_angles, softcap
 from .packed import pack_gguf
 from .quants import dequantize
 
@@ -121,14 +121,6 @@ class FastTransformer:
     def _rope_key(L) -> tuple:
         return L.n_rot, L.rope_base, L.rope_freq_scale, L.rope_freqs
 
-    @property
-    def weight_bytes(self) -> int:
-        """Bytes one decode step reads from the weights (the embedding: one row)."""
-        total = self.output.nbytes + self.tok_embd[0].numel() * 4
-        for w in self.layers:
-            total += sum(p.nbytes for p in (*w.qkv, w.wo, *w.gate_up, w.down))
-        return total
-
     # -- forward ------------------------------------------------------------------------------
 
     def forward(self, tokens: torch.Tensor, positions: torch.Tensor, tap: TapFn | None = None,
@@ -201,15 +193,13 @@ class FastTransformer:
         return emit(tap, "kqv_out", i, out.reshape(T, L.n_head * d))
 
     def mlp(self, i: int, h: torch.Tensor, tap: TapFn | None) -> torch.Tensor:
-        w, act = self.layers[i], ACT[self.cfg.spec.ffn_act]
+        w, act = self.layers[i], self.cfg.spec.ffn_act
         gate_up = _project(h, w.gate_up)
-        if tap is None:  # the down projection forms act(gate) * up as it reads its input
-            return qmatmul(gate_up, w.down, act=act)
+        if tap is None and h.shape[0] == 1:  # the GEMV forms act(gate) * up as it reads it
+            return qgemv(gate_up.reshape(-1), w.down, act=ACT[act]).view(1, -1)
         gate, up = gate_up.chunk(2, dim=-1)
         gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
-        fn = torch.nn.functional.silu if act == 1 else \
-            (lambda t: torch.nn.functional.gelu(t, approximate="tanh"))
-        a = emit(tap, "ffn_act", i, fn(gate) * up)
+        a = emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
         return emit(tap, "ffn_out", i, qmatmul(a, w.down))
 
 

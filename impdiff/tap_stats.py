@@ -14,16 +14,19 @@ from .kernels.stats import STATS, row_stats
 
 
 class GpuTapStats:
+    """Positions are counted from the taps themselves: every forward starts with `inp_embd`,
+    one row per token of its chunk; a tap with fewer rows (the last position's logits) holds
+    the chunk's last positions."""
+
     def __init__(self):
         self._rows: list[tuple[str, int, int, int, torch.Tensor]] = []
-        self._position = 0
-
-    def advance(self, n_tokens: int) -> None:
-        """Positions of the next chunk start here (call after each eval)."""
-        self._position += n_tokens
+        self._chunk_end = 0
 
     def __call__(self, name: str, layer: int, x: torch.Tensor) -> None:
-        self._rows.append((name, layer, self._position, x[0].numel(), row_stats(x)))
+        if name == "inp_embd":
+            self._chunk_end += x.shape[0]
+        start = self._chunk_end - x.shape[0]
+        self._rows.append((name, layer, start, x[0].numel(), row_stats(x)))
 
     def table(self) -> pd.DataFrame:
         """One row per (tap, layer, position): rms, absmax, mean, nonfinite."""

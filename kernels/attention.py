@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .quant_matmul import sm_count
+
 
 @triton.jit
 def _attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, m_ptr, l_ptr,
@@ -79,9 +81,7 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, m_ptr, l_ptr,
 
 def decode_splits(n_kv_heads: int, device: torch.device) -> int:
     """Key-range splits for a one-token step: enough programs to cover the SMs."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count \
-        if device.type == "cuda" else 4
-    return max(1, min(32, triton.next_power_of_2(triton.cdiv(sms, n_kv_heads))))
+    return max(1, min(32, triton.next_power_of_2(triton.cdiv(sm_count(device), n_kv_heads))))
 
 
 def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,

@@ -30,7 +30,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -82,7 +82,6 @@ class PackedWeight:
     b: torch.Tensor | None = None
     bd: torch.Tensor | None = None
     alpha: float = 1.0
-    _dense: dict = field(default_factory=dict, repr=False)
 
     @property
     def nbytes(self) -> int:
@@ -94,7 +93,7 @@ class PackedWeight:
     def to(self, device) -> "PackedWeight":
         moved = [None if t is None else t.to(device) for t in self.planes()]
         return replace(self, q=moved[0], qh=moved[1], s=moved[2], sd=moved[3], b=moved[4],
-                       bd=moved[5], _dense={})
+                       bd=moved[5])
 
 
 def concat_rows(weights: list[PackedWeight]) -> PackedWeight:
@@ -349,7 +348,7 @@ def _tuning_table() -> dict:
 _SM_COUNT: dict = {}
 
 
-def _sm_count(device: torch.device) -> int:
+def sm_count(device: torch.device) -> int:
     if device.type != "cuda":
         return 4
     if device not in _SM_COUNT:
@@ -363,7 +362,7 @@ def qgemv(x: torch.Tensor, w: PackedWeight, act: int = 0, config: GemvConfig | N
 
     Deterministic: a split K writes partial sums that are added in a fixed order.
     """
-    cfg = config or gemv_config(w, _sm_count(x.device))
+    cfg = config or gemv_config(w, sm_count(x.device))
     groups = w.k // w.fmt.group
     per_split = triton.cdiv(triton.cdiv(groups, cfg.split_k), cfg.block_k // w.fmt.group) \
         * (cfg.block_k // w.fmt.group)
@@ -398,29 +397,14 @@ def _pow2_row_scale(x: torch.Tensor) -> torch.Tensor:
     return torch.exp2(torch.ceil(torch.log2(amax)))
 
 
-def qmatmul(x: torch.Tensor, w: PackedWeight, act: int = 0, cache_dense: bool = False
-            ) -> torch.Tensor:
-    """x [t, k] (or [t, 2k] = [gate | up] with act, see qgemv) times W^T -> [t, n] float32.
+def qmatmul(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
+    """x [t, k] times W^T -> [t, n] float32.
 
-    One token: the fused GEMV. More: dequantise W to fp16 (kept when cache_dense) and one
-    cuBLAS product on per-row-rescaled fp16 activations, accumulated in float32.
+    One token: the fused GEMV. More: dequantise W to fp16 and one cuBLAS product on
+    per-row-rescaled fp16 activations, accumulated in float32.
     """
     if x.shape[0] == 1:
-        return qgemv(x.reshape(-1).contiguous(), w, act).view(1, w.n)
-    if act:
-        k = x.shape[-1] // 2
-        x = _activation_torch(x[..., :k], act) * x[..., k:]
-    dense = w._dense.get("fp16") if cache_dense else None
-    if dense is None:
-        dense = dequantize(w, torch.float16)
-        if cache_dense:
-            w._dense["fp16"] = dense
+        return qgemv(x.reshape(-1).contiguous(), w).view(1, w.n)
     scale = _pow2_row_scale(x)
-    y = torch.matmul((x / scale).to(torch.float16), dense.T)
+    y = torch.matmul((x / scale).to(torch.float16), dequantize(w, torch.float16).T)
     return y.float() * scale
-
-
-def _activation_torch(x: torch.Tensor, act: int) -> torch.Tensor:
-    if act == 1:
-        return torch.nn.functional.silu(x)
-    return torch.nn.functional.gelu(x, approximate="tanh")

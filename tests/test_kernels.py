@@ -234,9 +234,11 @@ def test_gpu_tap_stats_table_from_fast_model(synth_model):
     session = FastSession(load_fast_model(synth_model("llama", "F32"), DEVICE, max_ctx=16))
     stats = GpuTapStats()
     session.eval([3, 4, 5], tap=stats)
+    session.eval([6], tap=stats, last_only=True)  # a second chunk continues the positions
     table = stats.table()
     l_out = table[(table.tap == "l_out") & (table.layer == 0)]
-    assert list(l_out.position) == [0, 1, 2]
+    assert list(l_out.position) == [0, 1, 2, 3]
+    assert list(table[table.tap == "result_output"].position) == [0, 1, 2, 3]
     assert (l_out.rms > 0).all() and (table.nonfinite == 0).all()
 
 
