@@ -3,7 +3,7 @@
     python benchmarks/gemv_sweep.py [--shape llama3-8b]
 
 For every distinct (format, rows, cols) of the shape's Q4_K_M and Q8_0 mixes, times `qgemv`
-over a grid of (block_n, block_k, split_k, num_warps) and prints the weight bytes moved per
+over a grid of (block_n, tiles, split_k, num_warps) and prints the weight bytes moved per
 second; the default heuristic (`gemv_config`) is shown beside the best found. Timing is of a
 CUDA graph of back-to-back calls over enough copies of the weight to miss the L2 cache, as in
 decode (a Python-launched call of a small GEMV measures the launch, not the kernel).
@@ -74,10 +74,10 @@ def main():
             x = torch.randn(cols, device="cuda")
             default = gemv_config(w, sm_count(x.device))
             results = []
-            for bn, bk, split, warps in itertools.product((1, 2, 4, 8), (1024, 2048), (1, 2),
-                                                          (4, 8)):
-                cfg = GemvConfig(bn, bk, split, warps)
-                if cols // bk < split or bn * bk > 32768:
+            for bn, tiles, split, warps in itertools.product((2, 4, 8), (8, 16, 32), (1, 2, 4),
+                                                             (1, 2)):
+                cfg = GemvConfig(bn, tiles, split, warps)
+                if w.tiles < tiles * split or tiles < 8 * warps:
                     continue
                 try:
                     results.append((graph_gbs(copies, x, cfg), cfg))
@@ -85,11 +85,11 @@ def main():
                     print(f"  {cfg}: {type(exc).__name__}")
             results.sort(key=lambda r: -r[0])
             best = results[0][1]
-            table[f"{w.fmt.name} {rows} {cols}"] = [best.block_n, best.block_k, best.split_k,
+            table[f"{w.fmt.name} {rows} {cols}"] = [best.block_n, best.tiles, best.split_k,
                                                     best.num_warps]
             print(f"{qtype.name} {rows}x{cols} ({kind}, {w.nbytes / 1e6:.1f} MB): default "
                   f"{default} {graph_gbs(copies, x, default):.0f} GB/s; best: " +
-                  "; ".join(f"{c.block_n}/{c.block_k}/{c.split_k}/{c.num_warps} {g:.0f}"
+                  "; ".join(f"{c.block_n}/{c.tiles}/{c.split_k}/{c.num_warps} {g:.0f}"
                             for g, c in results[:4]), flush=True)
             if args.write_table:  # after every shape: a sweep cut short still leaves a table
                 with open(args.write_table, "w") as f:

@@ -32,9 +32,6 @@ from .model import GLOBAL, TapFn, emit, ffn_activation, rope_angles, softcap
 from .packed import pack_gguf
 from .quants import dequantize
 
-ACT = {"silu": 1, "gelu_tanh": 2}
-
-
 def unsupported_reason(cfg: ModelConfig) -> str | None:
     spec = cfg.spec
     if spec.moe or spec.v_norm or cfg.n_embd_per_layer:
@@ -194,10 +191,7 @@ class FastTransformer:
 
     def mlp(self, i: int, h: torch.Tensor, tap: TapFn | None) -> torch.Tensor:
         w, act = self.layers[i], self.cfg.spec.ffn_act
-        gate_up = _project(h, w.gate_up)
-        if tap is None and h.shape[0] == 1:  # the GEMV forms act(gate) * up as it reads it
-            return qgemv(gate_up.reshape(-1), w.down, act=ACT[act]).view(1, -1)
-        gate, up = gate_up.chunk(2, dim=-1)
+        gate, up = _project(h, w.gate_up).chunk(2, dim=-1)
         gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
         a = emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
         return emit(tap, "ffn_out", i, qmatmul(a, w.down))

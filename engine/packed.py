@@ -2,7 +2,7 @@
 
 `impdiff.kernels.quant_matmul` defines the layout; this module only reads ggml's blocks, using
 the same field readers as the reference dequantiser (`quants`), and regroups their integers.
-Nothing is rounded: each plane holds the stored integers or fp16 scales unchanged, so the fast
+Nothing is rounded: the planes hold the stored integers and fp16 scales unchanged, so the fast
 path multiplies the same numbers the reference does.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ..kernels.quant_matmul import FORMATS, PackedWeight
+from ..kernels.quant_matmul import FORMATS, SUPER_BLOCK, PackedWeight, QuantFormat
 from .errors import ModelLoadError
 from .quants import (_as_bytes, _bits_le, _fields, _k_nibbles, _k_scale_min, _nibbles,
                      _unpack, type_name)
@@ -19,23 +19,48 @@ from .quants import (_as_bytes, _bits_le, _fields, _k_nibbles, _k_scale_min, _ni
 T = GGMLQuantizationType
 
 
+def word_plane(q: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """Unsigned integers [n, k] -> int32 words [n, T*G]: field j of word w of tile t holds value
+    (P*t + j)*G + w; a row's last tile is padded with zeros."""
+    n, P, G = q.shape[0], fmt.fields, fmt.group
+    tiles = -(-q.shape[1] // fmt.tile)
+    padded = torch.zeros(n, tiles * fmt.tile, dtype=torch.int64, device=q.device)
+    padded[:, :q.shape[1]] = q.to(torch.int64)
+    shifts = torch.arange(P, device=q.device, dtype=torch.int64).view(1, 1, P, 1) * fmt.qbits
+    words = (padded.view(n, tiles, P, G) << shifts).sum(dim=2).view(n, tiles * G)
+    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+
+
+def group_plane(p: torch.Tensor, fmt: QuantFormat, k: int) -> torch.Tensor:
+    """A per-group scale or offset [n, groups], padded to whole tiles with zeros."""
+    n, groups = p.shape[0], -(-k // fmt.tile) * fmt.fields
+    out = torch.zeros(n, groups, dtype=p.dtype, device=p.device)
+    out[:, :p.shape[1]] = p
+    return out
+
+
+def tile_multipliers(d: torch.Tensor, neg_dmin: torch.Tensor | None, fmt: QuantFormat
+                     ) -> torch.Tensor:
+    """Per-super-block fp16 d (and -dmin) [n, supers] -> [n, 2T]: each tile's pair."""
+    per_super = SUPER_BLOCK // fmt.tile
+    if neg_dmin is None:
+        neg_dmin = torch.zeros_like(d)
+    pair = torch.stack([d, neg_dmin], dim=-1).repeat_interleave(per_super, dim=1)
+    return pair.reshape(d.shape[0], -1).contiguous()
+
+
 def _f16(field: torch.Tensor, rows: int) -> torch.Tensor:
     return field.contiguous().view(torch.float16).reshape(rows, -1)
 
 
-def nibble_plane(q: torch.Tensor) -> torch.Tensor:
-    """Integers [rows, k] -> bytes [rows, k/2]: byte c = (value 2c & 15) | (value 2c+1 & 15) << 4."""
-    pairs = q.reshape(q.shape[0], -1, 2).to(torch.uint8)
-    return (pairs[..., 0] & 15) | ((pairs[..., 1] & 15) << 4)
-
-
-def high_plane(q: torch.Tensor, group: int, extra: int) -> torch.Tensor:
-    """The bits of q above the low four, `extra` per value, packed per group in one int32."""
-    rows = q.shape[0]
-    top = (q.reshape(rows, -1, group).to(torch.int64) >> 4) & ((1 << extra) - 1)
-    shifts = torch.arange(group, device=q.device, dtype=torch.int64) * extra
-    word = (top << shifts).sum(-1)
-    return torch.where(word >= 2 ** 31, word - 2 ** 32, word).to(torch.int32)
+def _packed(name: str, n: int, k: int, q: torch.Tensor, s=None, b=None, d=None, neg_dmin=None,
+            alpha: float = 1.0) -> PackedWeight:
+    fmt = FORMATS[name]
+    return PackedWeight(fmt, n, k, word_plane(q.reshape(n, k), fmt),
+                        s=None if s is None else group_plane(s.reshape(n, -1), fmt, k),
+                        b=None if b is None else group_plane(b.reshape(n, -1), fmt, k),
+                        sd=None if d is None else tile_multipliers(d, neg_dmin, fmt),
+                        alpha=alpha)
 
 
 def pack_gguf(raw, qtype: int, shape: tuple[int, ...], device) -> PackedWeight:
@@ -45,7 +70,7 @@ def pack_gguf(raw, qtype: int, shape: tuple[int, ...], device) -> PackedWeight:
     data = _as_bytes(raw).to(device)
     if qt in (T.F32, T.F16, T.BF16):
         dtype = {T.F32: torch.float32, T.F16: torch.float16, T.BF16: torch.bfloat16}[qt]
-        return PackedWeight(FORMATS["float"], n, k, data.view(dtype).reshape(n, k))
+        return PackedWeight(FORMATS["float"], n, k, data.view(dtype).reshape(n, k).float())
     if qt not in _PACKERS:
         raise ModelLoadError(f"the fast path has no kernel for {type_name(qtype)} (it runs "
                              f"{', '.join(t.name for t in (T.F32, T.F16, T.BF16, *_PACKERS))})")
@@ -55,26 +80,22 @@ def pack_gguf(raw, qtype: int, shape: tuple[int, ...], device) -> PackedWeight:
 
 def _q8_0(blocks, n, k):
     d, qs = _fields(blocks, T.Q8_0)
-    # the int8 values + 128 as unsigned bytes: every plane holds non-negative integers
-    return PackedWeight(FORMATS["q8_0"], n, k, (qs.contiguous() ^ 0x80).reshape(n, k),
-                        s=_f16(d, n))
+    # the int8 values + 128 as unsigned bytes: every field holds a non-negative integer
+    return _packed("q8_0", n, k, qs.contiguous() ^ 0x80, s=_f16(d, n))
 
 
 def _q4_01(blocks, n, k, qt):
     fields = _fields(blocks, qt)
-    d, qs = fields[0], fields[-1]
     m = _f16(fields[1], n) if qt == T.Q4_1 else None
-    q = _nibbles(qs).reshape(n, k)  # ggml pairs value j with j + 16; the plane pairs 2c, 2c+1
-    return PackedWeight(FORMATS[qt.name.lower()], n, k, nibble_plane(q), s=_f16(d, n), b=m)
+    return _packed(qt.name.lower(), n, k, _nibbles(fields[-1]), s=_f16(fields[0], n), b=m)
 
 
 def _q5_01(blocks, n, k, qt):
     fields = _fields(blocks, qt)
     d, qh, qs = fields[0], fields[-2], fields[-1]
     m = _f16(fields[1], n) if qt == T.Q5_1 else None
-    q = (_nibbles(qs) | (_bits_le(qh.contiguous()) << 4)).reshape(n, k)
-    return PackedWeight(FORMATS[qt.name.lower()], n, k, nibble_plane(q),
-                        qh=high_plane(q, 32, 1), s=_f16(d, n), b=m)
+    return _packed(qt.name.lower(), n, k, _nibbles(qs) | (_bits_le(qh.contiguous()) << 4),
+                   s=_f16(d, n), b=m)
 
 
 def _k_quant(blocks, n, k, qt):
@@ -83,13 +104,8 @@ def _k_quant(blocks, n, k, qt):
     q = _k_nibbles(fields[-1])
     if qt == T.Q5_K:
         q = q | (_unpack(fields[3], 1) << 4)
-    q = q.reshape(n, k)
     sc, mn = _k_scale_min(scales)
-    fmt = FORMATS[qt.name.lower()]
-    return PackedWeight(fmt, n, k, nibble_plane(q),
-                        qh=high_plane(q, 32, 1) if fmt.extra else None,
-                        s=sc.reshape(n, -1).contiguous(), sd=_f16(d, n),
-                        b=mn.reshape(n, -1).contiguous(), bd=-_f16(dmin, n))
+    return _packed(qt.name.lower(), n, k, q, s=sc, b=mn, d=_f16(d, n), neg_dmin=-_f16(dmin, n))
 
 
 def _q6_k(blocks, n, k):
@@ -97,9 +113,8 @@ def _q6_k(blocks, n, k):
     nb = blocks.shape[0]
     low = _unpack(ql.reshape(nb, 2, 64), 4).reshape(nb, 8, 32)
     high = _unpack(qh.reshape(nb, 2, 32), 2).reshape(nb, 8, 32)
-    q = (low | (high << 4)).reshape(n, k)
-    return PackedWeight(FORMATS["q6_k"], n, k, nibble_plane(q), qh=high_plane(q, 16, 2),
-                        s=scales.contiguous().view(torch.int8).reshape(n, -1), sd=_f16(d, n))
+    return _packed("q6_k", n, k, low | (high << 4), s=scales.contiguous().view(torch.int8),
+                   d=_f16(d, n))
 
 
 _PACKERS = {
@@ -119,7 +134,6 @@ def pack_nvfp4(codes: torch.Tensor, block_scale: torch.Tensor, multiplier: float
     """An NVFP4 weight in the HF layout (codes [n, k/2], even value in the low nibble; FP8 E4M3
     scales [n, k/16]; the tensor multiplier of `nvfp4.tensor_multiplier`)."""
     n, k = codes.shape[0], codes.shape[1] * 2
-    # the HF packing is the plane layout; fp8 e4m3 -> fp16 is exact (NaN block scales were
-    # zeroed by the loader's guards)
-    return PackedWeight(FORMATS["nvfp4"], n, k, codes.contiguous(),
-                        s=block_scale.to(torch.float16).reshape(n, -1), alpha=float(multiplier))
+    q = torch.stack([codes & 15, codes >> 4], dim=-1).reshape(n, k)
+    # fp8 e4m3 -> fp16 is exact (NaN block scales were zeroed by the loader's guards)
+    return _packed("nvfp4", n, k, q, s=block_scale.to(torch.float16), alpha=float(multiplier))

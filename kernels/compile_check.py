@@ -17,17 +17,16 @@ from triton.compiler import ASTSource
 
 from . import attention, norm_rope, quant_matmul, stats
 
-PLANE_TYPES = {  # format -> pointer types of q, qh, s, sd, b, bd
-    "float": ("*fp32", "*fp32", "*fp32", "*fp32", "*fp32", "*fp32"),
-    "q8_0": ("*u8", "*u8", "*fp16", "*u8", "*u8", "*u8"),
-    "q4_0": ("*u8", "*u8", "*fp16", "*u8", "*u8", "*u8"),
-    "q4_1": ("*u8", "*u8", "*fp16", "*u8", "*fp16", "*u8"),
-    "q5_0": ("*u8", "*i32", "*fp16", "*u8", "*u8", "*u8"),
-    "q5_1": ("*u8", "*i32", "*fp16", "*u8", "*fp16", "*u8"),
-    "q4_k": ("*u8", "*u8", "*u8", "*fp16", "*u8", "*fp16"),
-    "q5_k": ("*u8", "*i32", "*u8", "*fp16", "*u8", "*fp16"),
-    "q6_k": ("*u8", "*i32", "*i8", "*fp16", "*u8", "*u8"),
-    "nvfp4": ("*u8", "*u8", "*fp16", "*u8", "*u8", "*u8"),
+PLANE_TYPES = {  # format -> pointer types of q, s, b, sd
+    "q8_0": ("*i32", "*fp16", "*i32", "*i32"),
+    "q4_0": ("*i32", "*fp16", "*i32", "*i32"),
+    "q4_1": ("*i32", "*fp16", "*fp16", "*i32"),
+    "q5_0": ("*i32", "*fp16", "*i32", "*i32"),
+    "q5_1": ("*i32", "*fp16", "*fp16", "*i32"),
+    "q4_k": ("*i32", "*u8", "*u8", "*fp16"),
+    "q5_k": ("*i32", "*u8", "*u8", "*fp16"),
+    "q6_k": ("*i32", "*i8", "*i32", "*fp16"),
+    "nvfp4": ("*i32", "*fp16", "*i32", "*i32"),
 }
 
 
@@ -53,16 +52,15 @@ def check() -> list[str]:
             failures.append(f"{label}: {type(exc).__name__}: {str(exc).splitlines()[-1][:300]}")
 
     q = quant_matmul
-    for name, fmt in q.FORMATS.items():
-        planes = list(PLANE_TYPES[name])
-        fa = q._fmt_args(fmt)
-        for bn, bk in ((1, 2048), (4, 2048), (8, 1024)):
-            attempt(f"qgemv {name} {bn}/{bk}", q._qgemv_kernel,
-                    ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32"] + ["i32"] * 6,
-                    dict(fa, ACT=1 if bn == 4 else 0, BLOCK_N=bn, BLOCK_K=bk))
+    for name, planes in PLANE_TYPES.items():
+        fa = q._fmt_args(q.FORMATS[name])
+        for bn, tiles, warps in ((1, 16, 1), (4, 16, 1), (4, 32, 2), (8, 8, 1)):
+            attempt(f"qgemv {name} {bn}/{tiles}/{warps}", q._qgemv_kernel,
+                    ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32"] + ["i32"] * 4,
+                    dict(fa, BLOCK_N=bn, NT=tiles, L=q.LANES), num_warps=warps)
         attempt(f"dequant {name}", q._dequant_kernel,
-                ["*fp16", *planes, "i32", "i32", "fp32"] + ["i32"] * 6,
-                dict(fa, BLOCK_N=32, BLOCK_K=128))
+                ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 4,
+                dict(fa, BLOCK_N=16, NT=4))
     for d, softcap, splits in ((64, False, 1), (256, True, 4)):
         attempt(f"attention D={d}", attention._attention_kernel,
                 ["*fp32", "*fp16", "*fp16", "*i32", "*fp32", "*fp32", "*fp32", "i32", "fp32",
