@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from impdiff.engine.packed import pack_gguf
-from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, sm_count
+from impdiff.kernels.quant_matmul import LANES, GemvConfig, gemv_config, qgemv, sm_count
 from impdiff.testing.shapes import SHAPES, T, _random_blocks, tensor_types
 
 
@@ -74,10 +74,11 @@ def main():
             x = torch.randn(cols, device="cuda")
             default = gemv_config(w, sm_count(x.device))
             results = []
-            for bn, tiles, split, warps in itertools.product((2, 4, 8), (8, 16, 32), (1, 2, 4),
-                                                             (1, 2)):
+            for bn, tiles, split, warps in itertools.product((2, 4, 8), (16, 32, 64), (1, 2, 4),
+                                                             (1, 2, 4)):
                 cfg = GemvConfig(bn, tiles, split, warps)
-                if w.tiles < tiles * split or tiles < 8 * warps:
+                # fewer tiles than a step's lanes would put lanes on the in-thread sums
+                if w.tiles < tiles * split or tiles < 32 // LANES * warps:
                     continue
                 try:
                     results.append((graph_gbs(copies, x, cfg), cfg))

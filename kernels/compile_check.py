@@ -56,7 +56,8 @@ def check() -> list[str]:
         fa = q._fmt_args(q.FORMATS[name])
         for bn, tiles, warps in ((1, 16, 1), (4, 16, 1), (4, 32, 2), (8, 8, 1)):
             attempt(f"qgemv {name} {bn}/{tiles}/{warps}", q._qgemv_kernel,
-                    ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32"] + ["i32"] * 4,
+                    ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32", "i32"]
+                    + ["i32"] * 4,
                     dict(fa, BLOCK_N=bn, NT=tiles, L=q.LANES), num_warps=warps)
         attempt(f"dequant {name}", q._dequant_kernel,
                 ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 4,

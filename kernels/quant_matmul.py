@@ -173,15 +173,18 @@ def _field_int(word, j: tl.constexpr, QBITS: tl.constexpr):
 
 
 @triton.jit
-def _unit_field(word, j: tl.constexpr, QBITS: tl.constexpr):
-    """Field j as the float 1 + q / 2^QBITS: q shifted into the top mantissa bits of 1.0."""
+def _unit_field(word, j: tl.constexpr, QBITS: tl.constexpr, one_bits):
+    """Field j as the float 1 + q / 2^QBITS: q shifted into the top mantissa bits of 1.0.
+
+    `one_bits` is 1.0's bit pattern passed as a kernel argument: as an immediate beside the
+    immediate mask, (top & mask) | one would take two logic instructions instead of one."""
     SHIFT: tl.constexpr = 23 - QBITS * (j + 1)
     if SHIFT >= 0:
         top = word << SHIFT
     else:
         top = word >> (-SHIFT)
     MASK: tl.constexpr = ((1 << QBITS) - 1) << (23 - QBITS)
-    return ((top & MASK) | 0x3F800000).to(tl.float32, bitcast=True)
+    return ((top & MASK) | one_bits).to(tl.float32, bitcast=True)
 
 
 @triton.jit
@@ -202,7 +205,7 @@ def _thread_sum(v):
 
 @triton.jit
 def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_per_split, alpha,
-                  stride_q, stride_s, stride_b, stride_sd,
+                  one_bits, stride_q, stride_s, stride_b, stride_sd,
                   G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
                   CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
                   BLOCK_N: tl.constexpr, NT: tl.constexpr, L: tl.constexpr):
@@ -239,7 +242,7 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
             if CODEBOOK:
                 lin = _thread_sum(_e2m1(_field_int(words, j, QBITS)) * x)
             else:  # sum (q - zero) x = 2^QBITS sum f x - (2^QBITS + zero) sum x
-                lin = (_thread_sum(_unit_field(words, j, QBITS) * x) * (1 << QBITS)
+                lin = (_thread_sum(_unit_field(words, j, QBITS, one_bits) * x) * (1 << QBITS)
                        - ((1 << QBITS) + ZERO) * xs)
             g = r * stride_s + t * P + j + spread
             if SCALE > 0:
@@ -294,6 +297,7 @@ def _dequant_kernel(out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, alpha,
 
 # --- launchers --------------------------------------------------------------------------------
 
+ONE_BITS = 0x3F800000  # 1.0f
 LANES = 2  # threads per tile (each holds G / (4 LANES) runs of 4 words); 16 tiles per warp
 
 
@@ -372,7 +376,8 @@ def qgemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None = None,
         if splits > 1 or out is None else out.view(1, w.n)
     grid = (triton.cdiv(w.n, cfg.block_n), splits)
     planes, strides = _plane_args(w)
-    _qgemv_kernel[grid](x, partial, *planes, w.n, w.k, w.tiles, per_split, w.alpha, *strides,
+    _qgemv_kernel[grid](x, partial, *planes, w.n, w.k, w.tiles, per_split, w.alpha, ONE_BITS,
+                        *strides,
                         **_fmt_args(w.fmt), BLOCK_N=cfg.block_n, NT=cfg.tiles, L=LANES,
                         num_warps=cfg.num_warps)
     if splits == 1:
