@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from impdiff.engine.packed import pack_gguf
-from impdiff.kernels.quant_matmul import LANES, GemvConfig, gemv_config, qgemv, sm_count
+from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, sm_count
 from impdiff.testing.shapes import SHAPES, T, _random_blocks, tensor_types
 
 
@@ -74,11 +74,11 @@ def main():
             x = torch.randn(cols, device="cuda")
             default = gemv_config(w, sm_count(x.device))
             results = []
-            for bn, tiles, split, warps in itertools.product((2, 4, 8), (16, 32, 64), (1, 2, 4),
+            for bn, lanes, split, warps in itertools.product((2, 4, 8), (2, 4, 8), (1, 2),
                                                              (1, 2, 4)):
-                cfg = GemvConfig(bn, tiles, split, warps)
-                # fewer tiles than a step's lanes would put lanes on the in-thread sums
-                if w.tiles < tiles * split or tiles < 32 // LANES * warps:
+                # a step's tiles fill the warps' lanes exactly: no lane on the in-thread sums
+                cfg = GemvConfig(bn, lanes, 32 * warps // lanes, split, warps)
+                if w.tiles < cfg.tiles * split or w.fmt.group < 4 * lanes:
                     continue
                 try:
                     results.append((graph_gbs(copies, x, cfg), cfg))
@@ -86,11 +86,11 @@ def main():
                     print(f"  {cfg}: {type(exc).__name__}")
             results.sort(key=lambda r: -r[0])
             best = results[0][1]
-            table[f"{w.fmt.name} {rows} {cols}"] = [best.block_n, best.tiles, best.split_k,
-                                                    best.num_warps]
+            table[f"{w.fmt.name} {rows} {cols}"] = [best.block_n, best.lanes, best.tiles,
+                                                    best.split_k, best.num_warps]
             print(f"{qtype.name} {rows}x{cols} ({kind}, {w.nbytes / 1e6:.1f} MB): default "
                   f"{default} {graph_gbs(copies, x, default):.0f} GB/s; best: " +
-                  "; ".join(f"{c.block_n}/{c.tiles}/{c.split_k}/{c.num_warps} {g:.0f}"
+                  "; ".join(f"{c.block_n}/{c.lanes}/{c.tiles}/{c.split_k}/{c.num_warps} {g:.0f}"
                             for g, c in results[:4]), flush=True)
             if args.write_table:  # after every shape: a sweep cut short still leaves a table
                 with open(args.write_table, "w") as f:

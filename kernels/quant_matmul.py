@@ -298,7 +298,6 @@ def _dequant_kernel(out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, alpha,
 # --- launchers --------------------------------------------------------------------------------
 
 ONE_BITS = 0x3F800000  # 1.0f
-LANES = 2  # threads per tile (each holds G / (4 LANES) runs of 4 words); 16 tiles per warp
 
 
 def _plane_args(w: PackedWeight) -> tuple[list, list]:
@@ -315,7 +314,8 @@ def _fmt_args(f: QuantFormat) -> dict:
 @dataclass(frozen=True)
 class GemvConfig:
     block_n: int  # rows per program, all in each thread's registers
-    tiles: int  # tiles per loop step: 32 / LANES per warp
+    lanes: int  # threads per tile, each holding G / (4 lanes) runs of 4 words of it
+    tiles: int  # tiles per loop step; lanes * tiles = 32 * num_warps keeps the sums in-thread
     split_k: int
     num_warps: int
 
@@ -326,12 +326,15 @@ def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
     tuned = _tuning_table().get(f"{w.fmt.name} {w.n} {w.k}")
     if tuned:
         return GemvConfig(*tuned)
-    block_n, tiles = 4, 32 // LANES
+    # registers bound the occupancy: each thread holds block_n * G / lanes words and the
+    # activations of all its fields
+    block_n, lanes = 4, 8 if w.fmt.group * w.fmt.fields >= 256 else 4
+    tiles = 32 // lanes
     programs = triton.cdiv(w.n, block_n)
     split = 1
     while programs * split < 8 * n_sm and w.tiles // (tiles * split * 2) >= 1:
         split *= 2
-    return GemvConfig(block_n, tiles, split, 1)
+    return GemvConfig(block_n, lanes, tiles, split, 1)
 
 
 TUNING_ENV = "IMPDIFF_GEMV_TABLE"
@@ -340,7 +343,7 @@ TUNING_DIR = Path(__file__).parent / "tuning"
 
 @functools.cache
 def _tuning_table() -> dict:
-    """{"q4_k 14336 4096": [block_n, tiles, split_k, num_warps], ...}: the JSON file named by
+    """{"q4_k 14336 4096": [block_n, lanes, tiles, split_k, num_warps], ...}: the JSON file named by
     $IMPDIFF_GEMV_TABLE, else the one shipped for this GPU (tuning/<device name>.json), both
     written by benchmarks/gemv_sweep.py --write-table on that GPU."""
     path = os.environ.get(TUNING_ENV)
@@ -378,7 +381,7 @@ def qgemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None = None,
     planes, strides = _plane_args(w)
     _qgemv_kernel[grid](x, partial, *planes, w.n, w.k, w.tiles, per_split, w.alpha, ONE_BITS,
                         *strides,
-                        **_fmt_args(w.fmt), BLOCK_N=cfg.block_n, NT=cfg.tiles, L=LANES,
+                        **_fmt_args(w.fmt), BLOCK_N=cfg.block_n, NT=cfg.tiles, L=cfg.lanes,
                         num_warps=cfg.num_warps)
     if splits == 1:
         return partial.view(w.n)

@@ -54,7 +54,7 @@ def test_gemv_matches_reference_product(qtype, split):
     w = pack_gguf(raw, qtype, shape, DEVICE)
     x = torch.randn(shape[1], generator=torch.Generator().manual_seed(2))
     expected = reference_dequantize(raw, qtype, shape).double() @ x.double()
-    got = qgemv(x.to(DEVICE), w, config=GemvConfig(4, 2, split, 1)).cpu().double()
+    got = qgemv(x.to(DEVICE), w, config=GemvConfig(4, 4, 2, split, 1)).cpu().double()
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
 
 
