@@ -173,18 +173,26 @@ def _field_int(word, j: tl.constexpr, QBITS: tl.constexpr):
 
 
 @triton.jit
-def _unit_field(word, j: tl.constexpr, QBITS: tl.constexpr, one_bits):
-    """Field j as the float 1 + q / 2^QBITS: q shifted into the top mantissa bits of 1.0.
+def _field_dot(word, x, xs, j: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
+               one_bits):
+    """sum over a thread's values of field j of (q - ZERO) x, given xs = sum x.
 
+    The field becomes the float f = 1 + q 2^(LOW - 23) by shifting it into the mantissa of 1.0
+    at bit LOW (no int-to-float conversion), and sum q x = 2^(23 - LOW) (sum f x - xs). 4-bit
+    fields go in pairs to bits 15..18 and 19..22, so one shift of the word serves two (the
+    lower keeps 2^-19 relative precision in the sums, against float32's own 2^-23).
     `one_bits` is 1.0's bit pattern passed as a kernel argument: as an immediate beside the
-    immediate mask, (top & mask) | one would take two logic instructions instead of one."""
-    SHIFT: tl.constexpr = 23 - QBITS * (j + 1)
+    immediate mask, (top & mask) | one takes two logic instructions instead of one."""
+    LOW: tl.constexpr = 15 + 4 * (j % 2) if QBITS == 4 else 23 - QBITS
+    SHIFT: tl.constexpr = LOW - QBITS * j
     if SHIFT >= 0:
         top = word << SHIFT
     else:
         top = word >> (-SHIFT)
-    MASK: tl.constexpr = ((1 << QBITS) - 1) << (23 - QBITS)
-    return ((top & MASK) | one_bits).to(tl.float32, bitcast=True)
+    MASK: tl.constexpr = ((1 << QBITS) - 1) << LOW
+    f = ((top & MASK) | one_bits).to(tl.float32, bitcast=True)
+    UNIT: tl.constexpr = 1 << (23 - LOW)
+    return _thread_sum(f * x) * UNIT - (UNIT + ZERO) * xs
 
 
 @triton.jit
@@ -241,9 +249,8 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
             xs = _thread_sum(x)
             if CODEBOOK:
                 lin = _thread_sum(_e2m1(_field_int(words, j, QBITS)) * x)
-            else:  # sum (q - zero) x = 2^QBITS sum f x - (2^QBITS + zero) sum x
-                lin = (_thread_sum(_unit_field(words, j, QBITS, one_bits) * x) * (1 << QBITS)
-                       - ((1 << QBITS) + ZERO) * xs)
+            else:
+                lin = _field_dot(words, x, xs, j, QBITS, ZERO, one_bits)
             g = r * stride_s + t * P + j + spread
             if SCALE > 0:
                 lin = lin * _group_param(s_ptr, g, rmask & tmask, SCALE)
