@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ..kernels.activation import gated_activation
 from ..kernels.attention import attention, decode_splits
 from ..kernels.norm_rope import residual_norm, rope
 from ..kernels.quant_matmul import PackedWeight, concat_rows, qgemv, qmatmul
@@ -182,7 +183,7 @@ class FastTransformer:
         else:
             k = emit(tap, "Kcur_pos", i, rope(k, cos, sin, positions, L.n_rot, neox))
             self.k_cache[i].index_copy_(0, positions.long(), k.to(torch.float16))
-        self.v_cache[i].index_copy_(0, positions.long(), v.to(torch.float16))
+        rope(v, cos, sin, positions, 0, neox, out=self.v_cache[i])  # n_rot 0: a plain copy
         window = cfg.sliding_window if L.swa else 0
         splits = self.splits[L.n_head_kv] if T == 1 else 1
         out = emit(tap, "kqv", i, attention(q, self.k_cache[i], self.v_cache[i], positions,
@@ -192,6 +193,8 @@ class FastTransformer:
     def mlp(self, i: int, h: torch.Tensor, tap: TapFn | None) -> torch.Tensor:
         w, act = self.layers[i], self.cfg.spec.ffn_act
         gate, up = _project(h, w.gate_up).chunk(2, dim=-1)
+        if tap is None:
+            return qmatmul(gated_activation(act, gate, up), w.down)
         gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
         a = emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
         return emit(tap, "ffn_out", i, qmatmul(a, w.down))

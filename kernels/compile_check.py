@@ -15,7 +15,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import attention, norm_rope, quant_matmul, stats
+from . import activation, attention, norm_rope, quant_matmul, stats
 
 PLANE_TYPES = {  # format -> pointer types of q, s, b, sd
     "q8_0": ("*i32", "*fp16", "*i32", "*i32"),
@@ -73,6 +73,11 @@ def check() -> list[str]:
     attempt("rope", norm_rope._rope_kernel,
             ["*fp32", "*fp32", "*fp32", "*i32", "*fp16"] + ["i32"] * 5,
             dict(N_ROT=64, D=128, NEOX=False, OUT_AT_POS=True), num_warps=1)
+    attempt("rope copy", norm_rope._rope_kernel,
+            ["*fp32", "*fp32", "*fp32", "*i32", "*fp16"] + ["i32"] * 5,
+            dict(N_ROT=0, D=128, NEOX=False, OUT_AT_POS=True), num_warps=1)
+    attempt("gated activation", activation._gated_kernel, ["*fp32"] * 3 + ["i32"] * 3,
+            dict(ACT=2, BLOCK=1024))
     attempt("row_stats", stats._row_stats_kernel, ["*fp32", "*fp32", "i32"], dict(BLOCK=1024))
     print("\n".join(report))
     return failures

@@ -74,24 +74,25 @@ def _rope_kernel(x_ptr, cos_ptr, sin_ptr, pos_ptr, out_ptr,
     t = tl.program_id(0)
     h = tl.program_id(1)
     pos = tl.load(pos_ptr + t)
-    HALF: tl.constexpr = N_ROT // 2
-    i = tl.arange(0, HALF)
-    if NEOX:
-        i1 = i
-        i2 = i + HALF
-    else:
-        i1 = 2 * i
-        i2 = 2 * i + 1
-    c = tl.load(cos_ptr + pos * stride_c + i)
-    s = tl.load(sin_ptr + pos * stride_c + i)
     src = x_ptr + t * stride_xt + h * stride_xh
-    x1 = tl.load(src + i1).to(tl.float32)
-    x2 = tl.load(src + i2).to(tl.float32)
     row = pos if OUT_AT_POS else t
     dst = out_ptr + row.to(tl.int64) * stride_ot + h * stride_oh
     ty = out_ptr.dtype.element_ty
-    tl.store(dst + i1, (x1 * c - x2 * s).to(ty))
-    tl.store(dst + i2, (x1 * s + x2 * c).to(ty))
+    if N_ROT > 0:
+        HALF: tl.constexpr = N_ROT // 2
+        i = tl.arange(0, HALF)
+        if NEOX:
+            i1 = i
+            i2 = i + HALF
+        else:
+            i1 = 2 * i
+            i2 = 2 * i + 1
+        c = tl.load(cos_ptr + pos * stride_c + i)
+        s = tl.load(sin_ptr + pos * stride_c + i)
+        x1 = tl.load(src + i1).to(tl.float32)
+        x2 = tl.load(src + i2).to(tl.float32)
+        tl.store(dst + i1, (x1 * c - x2 * s).to(ty))
+        tl.store(dst + i2, (x1 * s + x2 * c).to(ty))
     if N_ROT < D:  # the unrotated tail is copied
         rest = N_ROT + tl.arange(0, D - N_ROT)
         tl.store(dst + rest, tl.load(src + rest).to(ty))
@@ -101,7 +102,8 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch
          n_rot: int, neox: bool, out: torch.Tensor | None = None) -> torch.Tensor:
     """x [T, H, D] rotated over its first n_rot dims at `positions` (cos/sin: [ctx, n_rot/2]).
 
-    With `out` (a cache [S, H, D]) the result is written to rows `positions` of it instead.
+    With `out` (a cache [S, H, D]) the result is written to rows `positions` of it instead;
+    n_rot 0 is then a plain copy into the cache (V), one kernel for cast and scatter.
     """
     T, H, D = x.shape
     at_pos = out is not None

@@ -13,6 +13,7 @@ import torch
 from impdiff.engine import model as ref
 from impdiff.engine.packed import PACKED_TYPES, pack_gguf, pack_nvfp4
 from impdiff.engine.quants import dequantize as reference_dequantize
+from impdiff.kernels.activation import gated_activation
 from impdiff.kernels.attention import attention
 from impdiff.kernels.norm_rope import residual_norm, rope
 from impdiff.kernels.quant_matmul import (GemvConfig, dequantize, dequantize_reference, qgemv,
@@ -56,6 +57,14 @@ def test_gemv_matches_reference_product(qtype, split):
     expected = reference_dequantize(raw, qtype, shape).double() @ x.double()
     got = qgemv(x.to(DEVICE), w, config=GemvConfig(4, 4, 2, split, 1)).cpu().double()
     assert (got - expected).abs().max() <= 1e-5 * expected.abs().max()
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+def test_gated_activation_matches_reference(act):
+    gate, up = torch.randn(2, 3, 1500, generator=torch.Generator().manual_seed(4)) * 3
+    expected = ref.ffn_activation(act, gate) * up
+    got = gated_activation(act, gate.to(DEVICE), up.to(DEVICE)).cpu()
+    assert torch.allclose(got, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_prefill_product_rescales_large_activations_instead_of_overflowing_fp16():
@@ -145,6 +154,16 @@ def test_rope_matches_reference_and_writes_cache_rows(neox, n_rot):
          out=cache)
     assert torch.allclose(cache[10:16].float().cpu(), expected, atol=2e-3)
     assert not cache[:10].any() and not cache[16:].any()
+
+
+def test_rope_without_rotated_dims_copies_into_cache_rows():
+    x = torch.randn(3, 2, 32, generator=torch.Generator().manual_seed(11))
+    positions = torch.tensor([5, 6, 7], dtype=torch.int32, device=DEVICE)
+    table = torch.zeros(8, 1, device=DEVICE)
+    cache = torch.zeros(8, 2, 32, dtype=torch.float16, device=DEVICE)
+    rope(x.to(DEVICE), table, table, positions, 0, False, out=cache)
+    assert torch.equal(cache[5:8].cpu(), x.half())
+    assert not cache[:5].any()
 
 
 # --- the fast model against the reference model ------------------------------------------------
