@@ -64,9 +64,8 @@ def main():
     rng = np.random.default_rng(0)
     seen, table = set(), {}
     for mix in args.mix.split(","):
-        for name, ((rows, cols), qtype) in tensor_types(shape, mix).items():
-            kind = name.split(".")[-2]
-            if (qtype, rows, cols) in seen or kind == "token_embd":
+        for kind, qtype, rows, cols in decode_products(tensor_types(shape, mix), shape.n_layer):
+            if (qtype, rows, cols) in seen:
                 continue
             seen.add((qtype, rows, cols))
             w = pack_gguf(_random_blocks(rng, qtype, rows, cols), qtype, (rows, cols), "cuda")
@@ -95,6 +94,31 @@ def main():
             if args.write_table:  # after every shape: a sweep cut short still leaves a table
                 with open(args.write_table, "w") as f:
                     json.dump(table, f, indent=1)
+
+
+def decode_products(types: dict, n_layer: int) -> list[tuple[str, T, int, int]]:
+    """(name, type, rows, cols) of each GEMV a decode step runs: the fast path fuses runs of
+    neighbouring weights of one type (Q with K, [Q, K, V], gate with up), so those are timed
+    at their fused height."""
+    out = [("output", *types.get("output.weight", types["token_embd.weight"]))]
+    for i in range(n_layer):
+        for group in (("attn_q", "attn_k", "attn_v"), ("attn_output",), ("ffn_gate", "ffn_up"),
+                      ("ffn_down",)):
+            run: list[str] = []
+            for name in group:
+                (rows, cols), qtype = types[f"blk.{i}.{name}.weight"]
+                if run and types[f"blk.{i}.{run[-1]}.weight"][1] != qtype:
+                    out.append(_fused(types, i, run))
+                    run = []
+                run.append(name)
+            out.append(_fused(types, i, run))
+    return [(kind, qtype, rows, cols) for kind, (rows, cols), qtype in out]
+
+
+def _fused(types, i, names):
+    (_, cols), qtype = types[f"blk.{i}.{names[0]}.weight"]
+    rows = sum(types[f"blk.{i}.{n}.weight"][0][0] for n in names)
+    return ("+".join(names), (rows, cols), qtype)
 
 
 def clone(w):

@@ -45,10 +45,10 @@ def unsupported_reason(cfg: ModelConfig) -> str | None:
 @dataclass
 class FastLayer:
     attn_norm: torch.Tensor
-    qkv: list[PackedWeight]  # one fused weight, or q, k, v
+    qkv: list[PackedWeight]  # q, k, v, neighbours of one format fused
     wo: PackedWeight
     ffn_norm: torch.Tensor
-    gate_up: list[PackedWeight]  # one fused [gate | up] weight, or gate, up
+    gate_up: list[PackedWeight]  # [gate | up] fused where their formats agree
     down: PackedWeight
     q_norm: torch.Tensor | None = None
     k_norm: torch.Tensor | None = None
@@ -57,10 +57,16 @@ class FastLayer:
 
 
 def _fuse(weights: list[PackedWeight]) -> list[PackedWeight]:
-    first = weights[0]
-    if all(w.fmt == first.fmt and w.k == first.k and w.alpha == first.alpha for w in weights):
-        return [concat_rows(weights)]
-    return weights
+    """Runs of neighbouring weights of one format, width and scale as one weight each (Q and K
+    fuse where V has another type, as in Q4_K_M's Q6_K layers)."""
+    runs: list[list[PackedWeight]] = []
+    for w in weights:
+        last = runs[-1][-1] if runs else None
+        if last is not None and (w.fmt, w.k, w.alpha) == (last.fmt, last.k, last.alpha):
+            runs[-1].append(w)
+        else:
+            runs.append([w])
+    return [concat_rows(run) if len(run) > 1 else run[0] for run in runs]
 
 
 class FastTransformer:
