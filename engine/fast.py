@@ -228,19 +228,23 @@ class _Captured:
     positions: torch.Tensor
     graph: torch.cuda.CUDAGraph | None = None
     logits: torch.Tensor | None = None
+    recorder: object | None = None  # what a recording tap's forward wrote, for its `collect`
 
 
 class FastSession:
     """One sequence on the fast path. One-token steps and full ubatches replay CUDA graphs
-    (captured on first use); other chunk lengths, and any call with a tap, run eagerly."""
+    (captured on first use); other chunk lengths run eagerly. A tap runs in the graphs too if
+    it can record (`recorder()` gives a tap whose work is all on the device, `collect(recorder,
+    chunk_end)` takes each replay's results: `impdiff.tap_stats.GpuTapStats`); any other tap
+    runs eagerly."""
 
     def __init__(self, model: FastTransformer, n_ubatch: int = 512):
         self.model, self.n_ubatch, self.pos = model, n_ubatch, 0
         self._graphs: dict[tuple[int, bool], _Captured] = {}
         self._step_buffers = self._buffers(1, True)  # greedy decode feeds its token here
 
-    def _buffers(self, n: int, last_only: bool) -> _Captured:
-        key = (n, last_only)
+    def _buffers(self, n: int, last_only: bool, recorded: bool = False) -> _Captured:
+        key = (n, last_only, recorded)
         if key not in self._graphs:
             dev = self.model.device
             self._graphs[key] = _Captured(torch.zeros(n, dtype=torch.long, device=dev),
@@ -260,12 +264,13 @@ class FastSession:
         for lo in range(0, n, self.n_ubatch):
             chunk = ids[lo:lo + self.n_ubatch]
             last = last_only and lo + len(chunk) == n
-            if tap is None and len(chunk) in (1, self.n_ubatch):
-                buffers = self._buffers(len(chunk), last)
+            recorded = tap is not None and hasattr(tap, "recorder")
+            if (tap is None or recorded) and len(chunk) in (1, self.n_ubatch):
+                buffers = self._buffers(len(chunk), last, recorded)
                 buffers.tokens.copy_(chunk)
                 buffers.positions.copy_(torch.arange(self.pos, self.pos + len(chunk),
                                                      dtype=torch.int32))
-                out.append(self._replay(buffers, last).clone())
+                out.append(self._replay(buffers, last, tap).clone())
             else:
                 pos = torch.arange(self.pos, self.pos + len(chunk), dtype=torch.int32,
                                    device=self.model.device)
@@ -273,22 +278,38 @@ class FastSession:
             self.pos += len(chunk)
         return out[-1] if last_only else torch.cat(out)
 
-    def _replay(self, c: _Captured, last_only: bool) -> torch.Tensor:
-        """The graph's logits for what its buffers hold (eager off CUDA)."""
+    def _replay(self, c: _Captured, last_only: bool, tap=None) -> torch.Tensor:
+        """The graph's logits for what its buffers hold (eager off CUDA); a recording tap then
+        collects what this forward's taps computed."""
+
+        def forward(recorder):
+            logits = self.model.forward(c.tokens, c.positions, recorder, last_only)
+            if recorder is not None:
+                recorder.finish()
+            return logits
+
+        def new_recorder():
+            return tap.recorder() if tap is not None else None
+
         if self.model.device.type != "cuda":
-            return self.model.forward(c.tokens, c.positions, last_only=last_only)
-        if c.graph is None:
-            stream = torch.cuda.Stream()
-            stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(stream):  # compile and warm every kernel before capture
-                for _ in range(2):
-                    self.model.forward(c.tokens, c.positions, last_only=last_only)
-            torch.cuda.current_stream().wait_stream(stream)
-            c.graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(c.graph):
-                c.logits = self.model.forward(c.tokens, c.positions, last_only=last_only)
-        c.graph.replay()
-        return c.logits
+            recorder = new_recorder()
+            logits = forward(recorder)
+        else:
+            if c.graph is None:
+                stream = torch.cuda.Stream()
+                stream.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(stream):  # compile and warm every kernel before capture
+                    for _ in range(2):
+                        forward(new_recorder())
+                torch.cuda.current_stream().wait_stream(stream)
+                c.graph, c.recorder = torch.cuda.CUDAGraph(), new_recorder()
+                with torch.cuda.graph(c.graph):
+                    c.logits = forward(c.recorder)
+            c.graph.replay()
+            logits, recorder = c.logits, c.recorder
+        if tap is not None:
+            tap.collect(recorder, self.pos + len(c.tokens))
+        return logits
 
     @torch.inference_mode()
     def generate_greedy(self, prompt_ids, n: int) -> list[int]:

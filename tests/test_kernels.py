@@ -7,6 +7,7 @@ or fp16 rounding of the reference's result.
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -248,6 +249,13 @@ def test_gpu_tap_stats_table_from_fast_model(synth_model):
     assert list(l_out.position) == [0, 1, 2, 3]
     assert list(table[table.tap == "result_output"].position) == [0, 1, 2, 3]
     assert (l_out.rms > 0).all() and (table.nonfinite == 0).all()
+    # ubatches of 3: both chunks now run as recorded (CUDA-graph) forwards, same table
+    recorded = FastSession(session.model, n_ubatch=3)
+    again = GpuTapStats()
+    recorded.eval([3, 4, 5], tap=again)
+    recorded.eval([6], tap=again, last_only=True)
+    assert {k for k in recorded._graphs} == {(3, False, True), (1, True, True), (1, True, False)}
+    pd.testing.assert_frame_equal(again.table(), table, rtol=1e-5)
 
 
 def test_every_kernel_compiles_for_sm90():
