@@ -329,13 +329,12 @@ class GemvConfig:
 
 def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
     """Tiles for a weight: a tuned entry when the tuning table has this (format, n, k), else
-    four rows, one warp's tiles per step, K split while the programs leave SMs short of work."""
+    two rows, four lanes per tile, one warp (among the best for every format and shape on the
+    H100 sweep), K split while the programs leave SMs short of work."""
     tuned = _tuning_table().get(f"{w.fmt.name} {w.n} {w.k}")
     if tuned:
         return GemvConfig(*tuned)
-    # registers bound the occupancy: each thread holds block_n * G / lanes words and the
-    # activations of all its fields
-    block_n, lanes = 4, 8 if w.fmt.group * w.fmt.fields >= 256 else 4
+    block_n, lanes = 2, min(4, w.fmt.group // 4)
     tiles = 32 // lanes
     programs = triton.cdiv(w.n, block_n)
     split = 1
