@@ -343,6 +343,13 @@ def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
     return GemvConfig(block_n, lanes, tiles, split, 1)
 
 
+def _interpreter_config(w: PackedWeight) -> GemvConfig:
+    """Off the GPU, Triton's interpreter runs each program as numpy operations, whose cost is
+    mostly per call: few programs over large blocks run fastest."""
+    lanes = min(4, w.fmt.group // 4)
+    return GemvConfig(64, lanes, max(32 // lanes, triton.next_power_of_2(w.tiles)), 1, 1)
+
+
 TUNING_ENV = "IMPDIFF_GEMV_TABLE"
 TUNING_DIR = Path(__file__).parent / "tuning"
 
@@ -378,7 +385,8 @@ def qgemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None = None,
     """
     if w.fmt.qbits == 32:
         return torch.mv(w.q, x, out=out)
-    cfg = config or gemv_config(w, sm_count(x.device))
+    cfg = config or (gemv_config(w, sm_count(x.device)) if x.device.type == "cuda"
+                     else _interpreter_config(w))
     per_split = triton.cdiv(triton.cdiv(w.tiles, cfg.split_k), cfg.tiles) * cfg.tiles
     splits = triton.cdiv(w.tiles, per_split)
     partial = torch.empty((splits, w.n), device=x.device, dtype=torch.float32) \
@@ -399,7 +407,8 @@ def dequantize(w: PackedWeight, dtype: torch.dtype = torch.float16) -> torch.Ten
     if w.fmt.qbits == 32:
         return w.q.to(dtype)
     out = torch.empty((w.n, w.k), device=w.q.device, dtype=dtype)
-    block_n, tiles = 16, 4
+    # the interpreter (off the GPU) prefers few large programs, as in _interpreter_config
+    block_n, tiles = (16, 4) if w.q.is_cuda else (64, triton.next_power_of_2(w.tiles))
     grid = (triton.cdiv(w.n, block_n), triton.cdiv(w.tiles, tiles))
     planes, strides = _plane_args(w)
     _dequant_kernel[grid](out, *planes, w.n, w.k, w.tiles, w.alpha, *strides, **_fmt_args(w.fmt),
