@@ -106,7 +106,7 @@ def decode_products(types: dict, n_layer: int) -> list[tuple[str, T, int, int]]:
                       ("ffn_down",)):
             run: list[str] = []
             for name in group:
-                (rows, cols), qtype = types[f"blk.{i}.{name}.weight"]
+                qtype = types[f"blk.{i}.{name}.weight"][1]
                 if run and types[f"blk.{i}.{run[-1]}.weight"][1] != qtype:
                     out.append(_fused(types, i, run))
                     run = []

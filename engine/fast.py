@@ -240,7 +240,7 @@ class FastSession:
 
     def __init__(self, model: FastTransformer, n_ubatch: int = 512):
         self.model, self.n_ubatch, self.pos = model, n_ubatch, 0
-        self._graphs: dict[tuple[int, bool], _Captured] = {}
+        self._graphs: dict[tuple[int, bool, bool], _Captured] = {}  # n, last_only, recorded
         self._step_buffers = self._buffers(1, True)  # greedy decode feeds its token here
 
     def _buffers(self, n: int, last_only: bool, recorded: bool = False) -> _Captured:

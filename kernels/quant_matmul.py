@@ -20,9 +20,10 @@ planes, per row of the weight (`PackedWeight`):
 * ``sd``: for the K-quants, [n, 2T] fp16: each tile's multipliers of s and b (d and -dmin of
   its super-block).
 
-The GEMV works in float32 without an int-to-float conversion per value: field j becomes the
-float 1 + q / 2^QBITS by placing it in the top mantissa bits under exponent zero (one shift, one
-logic op), and q x sums to 2^QBITS * (sum f x - sum x). The torch reference for both kernels is
+The GEMV works in float32 without an int-to-float conversion per value: a field becomes the
+float f = 1 + q 2^(LOW - 23) by shifting it into the mantissa of 1.0 at bit LOW (one shift, one
+logic op; 4-bit fields two per shift), and q x sums to 2^(23 - LOW) (sum f x - sum x)
+(`_field_dot`). The torch reference for both kernels is
 `dequantize_reference`, itself checked bit for bit against the engine's GGUF dequantiser.
 """
 
@@ -327,6 +328,11 @@ class GemvConfig:
     num_warps: int
 
 
+def _default_lanes(fmt: QuantFormat) -> int:
+    """Four threads per tile, each holding G / 16 runs of four words (at most one run each)."""
+    return min(4, fmt.group // 4)
+
+
 def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
     """Tiles for a weight: a tuned entry when the tuning table has this (format, n, k), else
     two rows, four lanes per tile, one warp (among the best for every format and shape on the
@@ -334,7 +340,7 @@ def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
     tuned = _tuning_table().get(f"{w.fmt.name} {w.n} {w.k}")
     if tuned:
         return GemvConfig(*tuned)
-    block_n, lanes = 2, min(4, w.fmt.group // 4)
+    block_n, lanes = 2, _default_lanes(w.fmt)
     tiles = 32 // lanes
     programs = triton.cdiv(w.n, block_n)
     split = 1
@@ -346,7 +352,7 @@ def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
 def _interpreter_config(w: PackedWeight) -> GemvConfig:
     """Off the GPU, Triton's interpreter runs each program as numpy operations, whose cost is
     mostly per call: few programs over large blocks run fastest."""
-    lanes = min(4, w.fmt.group // 4)
+    lanes = _default_lanes(w.fmt)
     return GemvConfig(64, lanes, max(32 // lanes, triton.next_power_of_2(w.tiles)), 1, 1)
 
 
