@@ -55,11 +55,14 @@ def check() -> list[str]:
     q = quant_matmul
     for name, planes in PLANE_TYPES.items():
         fa = q._fmt_args(q.FORMATS[name])
-        for bn, lanes, warps in ((1, 2, 1), (4, 4, 1), (4, 4, 2), (8, 2, 1)):
-            attempt(f"qgemv {name} {bn}/{lanes}/{warps}", q._qgemv_kernel,
+        for bn, lanes, warps, even in ((1, 2, 1, False), (4, 4, 1, True), (4, 4, 2, False),
+                                       (8, 2, 1, True)):
+            attempt(f"qgemv {name} {bn}/{lanes}/{warps}{' even' if even else ''}",
+                    q._qgemv_kernel,
                     ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32", "i32"]
                     + ["i32"] * 4,
-                    dict(fa, BLOCK_N=bn, NT=32 * warps // lanes, L=lanes), num_warps=warps)
+                    dict(fa, BLOCK_N=bn, NT=32 * warps // lanes, L=lanes, EVEN=even),
+                    num_warps=warps)
         attempt(f"dequant {name}", q._dequant_kernel,
                 ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 4,
                 dict(fa, BLOCK_N=16, NT=4))

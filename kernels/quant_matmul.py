@@ -161,11 +161,13 @@ def _e2m1(code):
 
 
 @triton.jit
-def _exact_float(i):
-    """An integer |i| < 2^22 as float32 without an int-to-float conversion (which runs at a
-    quarter of the FMA rate): i added to the bits of 1.5 * 2^23 lands in the mantissa, and
-    subtracting 1.5 * 2^23 is exact."""
-    return (i + 0x4B400000).to(tl.float32, bitcast=True) - 12582912.0
+def _exact_float(i, mult: tl.constexpr = 1.0, UNSIGNED: tl.constexpr = False):
+    """An integer |i| < 2^22 times a power of two `mult`, as float32, without an int-to-float
+    conversion (which runs at a quarter of the FMA rate): i added to the bits of 1.5 * 2^23
+    lands in the mantissa, and f * mult - 1.5 * 2^23 * mult is exact (one FMA). An i known
+    non-negative is or-ed in instead, which joins the logic op that extracted it."""
+    bits = (i | 0x4B400000) if UNSIGNED else (i + 0x4B400000)
+    return bits.to(tl.float32, bitcast=True) * mult - 12582912.0 * mult
 
 
 @triton.jit
@@ -176,14 +178,17 @@ def _field_int(word, j: tl.constexpr, QBITS: tl.constexpr):
 @triton.jit
 def _field_dot(word, x, xs, j: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
                one_bits):
-    """sum over a thread's values of field j of (q - ZERO) x, given xs = sum x.
+    """sum over a thread's values of field j of (q - ZERO) x, in units of 2^(23 - LOW), given
+    xs = sum x.
 
     The field becomes the float f = 1 + q 2^(LOW - 23) by shifting it into the mantissa of 1.0
-    at bit LOW (no int-to-float conversion), and sum q x = 2^(23 - LOW) (sum f x - xs). 4-bit
-    fields go in pairs to bits 15..18 and 19..22, so one shift of the word serves two (the
-    lower keeps 2^-19 relative precision in the sums, against float32's own 2^-23).
-    `one_bits` is 1.0's bit pattern passed as a kernel argument: as an immediate beside the
-    immediate mask, (top & mask) | one takes two logic instructions instead of one."""
+    at bit LOW (no int-to-float conversion), and sum (q - ZERO) x = UNIT (sum f x - (1 + ZERO /
+    UNIT) sum x) with UNIT = 2^(23 - LOW). 4-bit fields go in pairs to bits 15..18 and 19..22,
+    so one shift of the word serves two (the lower keeps 2^-19 relative precision in the sums,
+    against float32's own 2^-23). UNIT, a power of two, is left to the caller to fold into a
+    scale it multiplies anyway. `one_bits` is 1.0's bit pattern passed as a kernel argument: as
+    an immediate beside the immediate mask, (top & mask) | one takes two logic instructions
+    instead of one."""
     LOW: tl.constexpr = 15 + 4 * (j % 2) if QBITS == 4 else 23 - QBITS
     SHIFT: tl.constexpr = LOW - QBITS * j
     if SHIFT >= 0:
@@ -193,16 +198,31 @@ def _field_dot(word, x, xs, j: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.const
     MASK: tl.constexpr = ((1 << QBITS) - 1) << LOW
     f = ((top & MASK) | one_bits).to(tl.float32, bitcast=True)
     UNIT: tl.constexpr = 1 << (23 - LOW)
-    return _thread_sum(f * x) * UNIT - (UNIT + ZERO) * xs
+    return _thread_sum(f * x) - ((UNIT + ZERO) / UNIT) * xs
 
 
 @triton.jit
-def _group_param(ptr, offs, mask, KIND: tl.constexpr):
-    """A group scale or offset as float32: fp16 (KIND 1) or an integer (KIND 2)."""
-    if KIND == 2:
-        v = _exact_float(tl.load(ptr + offs, mask=mask, other=0).to(tl.int32))
+def _group_param(ptr, row, t, g: tl.constexpr, P: tl.constexpr, stride, mask,
+                 KIND: tl.constexpr, mult: tl.constexpr = 1.0):
+    """Parameter g of the P in tile t of a scale or offset plane, as float32: fp16 (KIND 1) or
+    an integer (KIND 2), times a power of two `mult`. The plane is read as int32 words, each
+    holding whole parameters in order: the parameters of one word share a load (the compiler merges the identical loads of
+    neighbouring g) and take a field extraction each, where a load each cost an address, a
+    load and a byte permute."""
+    BITS: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth
+    EPW: tl.constexpr = 32 // BITS  # parameters per word
+    SH: tl.constexpr = BITS * (g % EPW)
+    words = ptr.to(tl.pointer_type(tl.int32))
+    word = tl.load(words + row * (stride // EPW) + t * (P // EPW) + g // EPW, mask=mask,
+                   other=None if mask is None else 0)
+    if KIND == 1:
+        v = ((word >> SH) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        if mult != 1.0:
+            v = v * mult
+    elif ptr.dtype.element_ty.is_int_signed():
+        v = _exact_float((word << (32 - BITS - SH)) >> (32 - BITS), mult)
     else:
-        v = tl.load(ptr + offs, mask=mask, other=0).to(tl.float32)
+        v = _exact_float((word >> SH) & ((1 << BITS) - 1), mult, True)
     return v
 
 
@@ -217,55 +237,68 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
                   one_bits, stride_q, stride_s, stride_b, stride_sd,
                   G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
                   CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
-                  BLOCK_N: tl.constexpr, NT: tl.constexpr, L: tl.constexpr):
+                  BLOCK_N: tl.constexpr, NT: tl.constexpr, L: tl.constexpr, EVEN: tl.constexpr):
     """out[split, n] = alpha * sum_k W[n, k] x[k] over this program's rows and share of tiles.
 
     Tiles are [L lanes, NT tiles, Q quarters, BLOCK_N rows, 4 words]: lanes and tiles across a
     warp's threads, the rest in each thread's registers. Dims are ordered so the compiler's
     layout gives the weight words and the activations the same one (ties in contiguity go to
-    the lower dim), and each thread reuses its activations for all its rows.
+    the lower dim), and each thread reuses its activations for all its rows. EVEN: rows, tiles
+    and K fill the blocks exactly, so no load is masked (a masked load also costs a predicate
+    and the zeroing of its registers).
     """
     P: tl.constexpr = 32 // QBITS
     Q: tl.constexpr = G // (4 * L)
+    # the smallest unit a field's dot product comes in (_field_dot: 2^(23 - LOW)); the sums
+    # are kept in it, and the even 4-bit fields' 16x larger one folds into their scales
+    UNIT_MIN: tl.constexpr = 1 if CODEBOOK else (16 if QBITS == 4 else 1 << QBITS)
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     r = tl.reshape(rows, (1, 1, 1, BLOCK_N, 1))
-    rmask = r < N
     lane = tl.arange(0, L)[:, None, None, None, None]
     w = (lane * 4 + tl.arange(0, Q)[None, None, :, None, None] * (4 * L)
          + tl.arange(0, 4)[None, None, None, None, :])
     spread = lane * 0  # per-(row, tile) loads take the lane dim, hence the words' layout
     t_lo = tl.program_id(1) * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, T)
+    step = tl.arange(0, NT)[None, :, None, None, None]
+    other = None if EVEN else 0
     acc = tl.zeros((L, NT, 1, BLOCK_N, 1), tl.float32)
     for t0 in range(t_lo, t_hi, NT):
-        t = (t0 + tl.arange(0, NT))[None, :, None, None, None]
-        tmask = t < t_hi
-        words = tl.load(q_ptr + r * stride_q + t * G + w, mask=rmask & tmask, other=0)
-        s_acc = tl.zeros((L, NT, 1, BLOCK_N, 1), tl.float32)
-        b_acc = tl.zeros((L, NT, 1, BLOCK_N, 1), tl.float32)
+        t = t0 + step
+        wmask = None if EVEN else (r < N) & (t < t_hi)
+        words = tl.load(q_ptr + r * stride_q + t * G + w, mask=wmask, other=other)
+        tp = t + spread  # per-(row, tile) parameters
         for j in tl.static_range(P):
             # masked by whole groups (K is a multiple of G), so the loads stay vectors
-            x = tl.load(x_ptr + (t * P + j) * G + w, mask=tmask & (t * P + j < K // G),
-                        other=0.0)
+            xmask = None if EVEN else (t < t_hi) & (t * P + j < K // G)
+            x = tl.load(x_ptr + (t * P + j) * G + w, mask=xmask, other=None if EVEN else 0.0)
             xs = _thread_sum(x)
             if CODEBOOK:
                 lin = _thread_sum(_e2m1(_field_int(words, j, QBITS)) * x)
             else:
                 lin = _field_dot(words, x, xs, j, QBITS, ZERO, one_bits)
-            g = r * stride_s + t * P + j + spread
             if SCALE > 0:
-                lin = lin * _group_param(s_ptr, g, rmask & tmask, SCALE)
-            s_acc += lin
+                lin = lin * _group_param(s_ptr, r, tp, j, P, stride_s, wmask, SCALE,
+                                         16 if QBITS == 4 and j % 2 == 0 and not CODEBOOK else 1)
             if BIAS > 0:
-                b_acc += _group_param(b_ptr, r * stride_b + t * P + j + spread, rmask & tmask,
-                                      BIAS) * xs
+                off = _group_param(b_ptr, r, tp, j, P, stride_b, wmask, BIAS,
+                                   1.0 / UNIT_MIN) * xs
+            if j == 0:
+                s_acc = lin
+                if BIAS > 0:
+                    b_acc = off
+            else:
+                s_acc += lin
+                if BIAS > 0:
+                    b_acc += off
         if SCALE == 2:  # the tile's multipliers (a K-quant super-block's d and -dmin)
-            m = sd_ptr + r * stride_sd + 2 * t + spread
-            s_acc = s_acc * tl.load(m, mask=rmask & tmask, other=0).to(tl.float32)
-            if BIAS == 2:
-                b_acc = b_acc * tl.load(m + 1, mask=rmask & tmask, other=0).to(tl.float32)
-        acc += s_acc + b_acc
-    total = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=4), axis=2), axis=1), axis=0)
+            s_acc = s_acc * _group_param(sd_ptr, r, tp, 0, 2, stride_sd, wmask, 1)
+        if BIAS == 2:
+            b_acc = b_acc * _group_param(sd_ptr, r, tp, 1, 2, stride_sd, wmask, 1)
+        if BIAS > 0:
+            s_acc += b_acc
+        acc += s_acc
+    total = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=4), axis=2), axis=1), axis=0) * UNIT_MIN
     tl.store(out_ptr + tl.program_id(1) * N + rows, total * alpha, mask=rows < N)
 
 
@@ -281,23 +314,19 @@ def _dequant_kernel(out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, alpha,
     w = tl.arange(0, G)[None, None, :]
     mask = (r < N) & (t < T)
     words = tl.load(q_ptr + r * stride_q + t * G + w, mask=mask, other=0)
-    if SCALE == 2:
-        ms = tl.load(sd_ptr + r * stride_sd + 2 * t, mask=mask, other=0).to(tl.float32)
-    if BIAS == 2:
-        mb = tl.load(sd_ptr + r * stride_sd + 2 * t + 1, mask=mask, other=0).to(tl.float32)
     out = out_ptr + r.to(tl.int64) * K
     for j in tl.static_range(P):
         q = _field_int(words, j, QBITS)
         v = _e2m1(q) if CODEBOOK else _exact_float(q - ZERO)
         if SCALE > 0:
-            s = _group_param(s_ptr, r * stride_s + t * P + j, mask, SCALE)
+            s = _group_param(s_ptr, r, t, j, P, stride_s, mask, SCALE)
             if SCALE == 2:
-                s = s * ms
+                s = s * _group_param(sd_ptr, r, t, 0, 2, stride_sd, mask, 1)
             v = v * s
         if BIAS > 0:
-            b = _group_param(b_ptr, r * stride_b + t * P + j, mask, BIAS)
+            b = _group_param(b_ptr, r, t, j, P, stride_b, mask, BIAS)
             if BIAS == 2:
-                b = b * mb
+                b = b * _group_param(sd_ptr, r, t, 1, 2, stride_sd, mask, 1)
             v = v + b
         k = (t * P + j) * G + w
         tl.store(out + k, (v * alpha).to(out_ptr.dtype.element_ty), mask=mask & (k < K))
@@ -399,10 +428,12 @@ def qgemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None = None,
         if splits > 1 or out is None else out.view(1, w.n)
     grid = (triton.cdiv(w.n, cfg.block_n), splits)
     planes, strides = _plane_args(w)
+    even = (w.n % cfg.block_n == 0 and w.tiles % cfg.tiles == 0
+            and w.k == w.tiles * w.fmt.tile)
     _qgemv_kernel[grid](x, partial, *planes, w.n, w.k, w.tiles, per_split, w.alpha, ONE_BITS,
                         *strides,
                         **_fmt_args(w.fmt), BLOCK_N=cfg.block_n, NT=cfg.tiles, L=cfg.lanes,
-                        num_warps=cfg.num_warps)
+                        EVEN=even, num_warps=cfg.num_warps)
     if splits == 1:
         return partial.view(w.n)
     return torch.sum(partial, dim=0, out=out)
