@@ -24,7 +24,7 @@ import torch
 
 from ..kernels.activation import gated_activation
 from ..kernels.attention import attention, decode_splits
-from ..kernels.norm_rope import residual_norm, rope
+from ..kernels.norm_rope import residual_norm, rope, rope_qkv
 from ..kernels.quant_matmul import PackedWeight, concat_rows, qgemv, qmatmul
 from .config import ModelConfig
 from .errors import ModelLoadError
@@ -173,23 +173,23 @@ class FastTransformer:
                   tap: TapFn | None) -> torch.Tensor:
         cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
         T, d = h.shape[0], L.head_dim
-        sizes = [L.n_head * d, L.n_head_kv * d, L.n_head_kv * d]
-        q, k, v = _project(h, w.qkv).split(sizes, dim=-1)
-        q = emit(tap, "Qcur", i, q.reshape(T, L.n_head, d))
-        k = emit(tap, "Kcur", i, k.reshape(T, L.n_head_kv, d))
-        v = emit(tap, "Vcur", i, v.reshape(T, L.n_head_kv, d))
-        if w.q_norm is not None:
-            q = emit(tap, "Qcur_normed", i, residual_norm(q, w.q_norm, cfg.rms_eps)[1])
-            k = emit(tap, "Kcur_normed", i, residual_norm(k, w.k_norm, cfg.rms_eps)[1])
         cos, sin = self.rope_tables[self._rope_key(L)]
         neox = cfg.spec.rope_neox
-        q = emit(tap, "Qcur_pos", i, rope(q, cos, sin, positions, L.n_rot, neox))
-        if tap is None:
-            rope(k, cos, sin, positions, L.n_rot, neox, out=self.k_cache[i])
+        qkv = _project(h, w.qkv).view(T, L.n_head + 2 * L.n_head_kv, d)
+        if tap is None:  # norms, rotations and both cache writes in one kernel
+            q = rope_qkv(qkv, L.n_head, L.n_head_kv, cos, sin, positions, L.n_rot, neox,
+                         self.k_cache[i], self.v_cache[i], w.q_norm, w.k_norm, cfg.rms_eps)
         else:
+            q, k, v = qkv.split([L.n_head, L.n_head_kv, L.n_head_kv], dim=1)
+            q, k, v = (emit(tap, name, i, t) for name, t in (("Qcur", q), ("Kcur", k),
+                                                             ("Vcur", v)))
+            if w.q_norm is not None:
+                q = emit(tap, "Qcur_normed", i, residual_norm(q, w.q_norm, cfg.rms_eps)[1])
+                k = emit(tap, "Kcur_normed", i, residual_norm(k, w.k_norm, cfg.rms_eps)[1])
+            q = emit(tap, "Qcur_pos", i, rope(q, cos, sin, positions, L.n_rot, neox))
             k = emit(tap, "Kcur_pos", i, rope(k, cos, sin, positions, L.n_rot, neox))
             self.k_cache[i].index_copy_(0, positions.long(), k.to(torch.float16))
-        rope(v, cos, sin, positions, 0, neox, out=self.v_cache[i])  # n_rot 0: a plain copy
+            rope(v, cos, sin, positions, 0, neox, out=self.v_cache[i])  # n_rot 0: a copy
         window = cfg.sliding_window if L.swa else 0
         splits = self.splits[L.n_head_kv] if T == 1 else 1
         out = emit(tap, "kqv", i, attention(q, self.k_cache[i], self.v_cache[i], positions,

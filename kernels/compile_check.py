@@ -74,12 +74,12 @@ def check() -> list[str]:
                      SPLITS=splits))
     attempt("residual_norm", norm_rope._residual_norm_kernel, ["*fp32"] * 6 + ["i32", "fp32"],
             dict(HAS_H=True, HAS_POST=True, HAS_W=True, BLOCK=1024))
-    attempt("rope", norm_rope._rope_kernel,
-            ["*fp32", "*fp32", "*fp32", "*i32", "*fp16"] + ["i32"] * 5,
-            dict(N_ROT=64, D=128, NEOX=False, OUT_AT_POS=True), num_warps=1)
-    attempt("rope copy", norm_rope._rope_kernel,
-            ["*fp32", "*fp32", "*fp32", "*i32", "*fp16"] + ["i32"] * 5,
-            dict(N_ROT=0, D=128, NEOX=False, OUT_AT_POS=True), num_warps=1)
+    rope_types = (["*fp32", "*fp32", "*fp32", "*i32", "*fp32", "*fp16", "*fp16", "*fp32",
+                   "*fp32", "fp32"] + ["i32"] * 11)
+    for n_rot, norm in ((64, False), (128, True), (0, False)):
+        attempt(f"rope n_rot={n_rot}{' norm' if norm else ''}", norm_rope._rope_kernel,
+                rope_types, dict(N_ROT=n_rot, D=128, NEOX=False, AT_POS=True, NORM=norm),
+                num_warps=1)
     attempt("gated activation", activation._gated_kernel, ["*fp32"] * 3 + ["i32"] * 3,
             dict(ACT=2, BLOCK=1024))
     attempt("row_stats", stats._row_stats_kernel, ["*fp32", "*fp32", "i32"], dict(BLOCK=1024))

@@ -16,7 +16,7 @@ from impdiff.engine.packed import PACKED_TYPES, pack_gguf, pack_nvfp4
 from impdiff.engine.quants import dequantize as reference_dequantize
 from impdiff.kernels.activation import gated_activation
 from impdiff.kernels.attention import attention
-from impdiff.kernels.norm_rope import residual_norm, rope
+from impdiff.kernels.norm_rope import residual_norm, rope, rope_qkv
 from impdiff.kernels.quant_matmul import (GemvConfig, dequantize, dequantize_reference, qgemv,
                                           qmatmul)
 from .test_quants import T, random_tensor
@@ -165,6 +165,26 @@ def test_rope_without_rotated_dims_copies_into_cache_rows():
     rope(x.to(DEVICE), table, table, positions, 0, False, out=cache)
     assert torch.equal(cache[5:8].cpu(), x.half())
     assert not cache[:5].any()
+
+
+@pytest.mark.parametrize("neox,n_rot", [(True, 32), (False, 16)])
+def test_fused_qkv_rope_norms_rotates_and_fills_both_caches(neox, n_rot):
+    g = torch.Generator().manual_seed(12)
+    n_q, n_kv, D = 4, 2, 32
+    qkv = torch.randn(3, n_q + 2 * n_kv, D, generator=g) * 3
+    qn, kn = torch.rand(D, generator=g) + 0.5, torch.rand(D, generator=g) + 0.5
+    positions = torch.tensor([5, 6, 7], dtype=torch.int32)
+    cos, sin = ref.rope_angles(torch.arange(8), n_rot, 10000.0, 1.0, None)
+    q, k, v = qkv.split([n_q, n_kv, n_kv], dim=1)
+    rot = lambda t, w: ref.apply_rope(ref.rms_norm(t, w, 1e-6), cos[5:8], sin[5:8], n_rot, neox)
+    caches = [torch.zeros(8, n_kv, D, dtype=torch.float16, device=DEVICE) for _ in range(2)]
+    got_q = rope_qkv(qkv.to(DEVICE), n_q, n_kv, cos.to(DEVICE), sin.to(DEVICE),
+                     positions.to(DEVICE), n_rot, neox, *caches, qn.to(DEVICE), kn.to(DEVICE),
+                     1e-6)
+    assert torch.allclose(got_q.cpu(), rot(q, qn), atol=1e-5)
+    assert torch.allclose(caches[0][5:8].float().cpu(), rot(k, kn), atol=5e-3)
+    assert torch.equal(caches[1][5:8].cpu(), v.half())
+    assert not caches[0][:5].any() and not caches[1][:5].any()
 
 
 # --- the fast model against the reference model ------------------------------------------------
