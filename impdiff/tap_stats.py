@@ -1,7 +1,7 @@
 """A tap that keeps per-position statistics on the GPU instead of copying activations out.
 
 A full capture moves every activation to the host (gigabytes for a long prefill); this tap
-reduces each one to `impdiff.kernels.stats.STATS` per position with one kernel launch and holds
+reduces each one to `impdiff.kernels.stats.STATS` per position on the device and holds
 the [T, 4] results on the device until `table()` reads them all back at once.
 
 The engine's fast path can also capture a forward with this tap in a CUDA graph: it asks for a
@@ -15,24 +15,37 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .kernels.stats import STATS, row_stats
+from .kernels.stats import STATS, row_stats, row_stats_many
 
 
 class StatsRecorder:
     """The statistics of one captured forward: outputs at fixed addresses that every replay of
-    the graph writes again, gathered into one buffer by a last captured copy."""
+    the graph writes again, gathered into one buffer by a last captured copy. A layer's taps
+    reduce in one launch when the layer ends (held until then; the forward changes no tapped
+    tensor in place), so a tapped forward costs about one launch more per layer."""
 
     def __init__(self):
         self.entries: list[tuple[str, int, int, int]] = []  # tap, layer, rows, values per row
         self._outputs: list[torch.Tensor] = []
+        self._pending: list[torch.Tensor] = []
+        self._layer: int | None = None
         self.buffer: torch.Tensor | None = None
 
     def __call__(self, name: str, layer: int, x: torch.Tensor) -> None:
+        if self._pending and (layer != self._layer or x.shape[0] != self._pending[0].shape[0]):
+            self._flush()
         self.entries.append((name, layer, x.shape[0], x[0].numel()))
-        self._outputs.append(row_stats(x))
+        self._layer = layer
+        self._pending.append(x)
+
+    def _flush(self) -> None:
+        if self._pending:  # [taps, rows, 4] in entry order: each tap's rows in turn
+            self._outputs.append(row_stats_many(self._pending).view(-1, 4))
+            self._pending = []
 
     def finish(self) -> None:
         """Call at the end of the forward (inside the capture): one copy per replay."""
+        self._flush()
         self.buffer = torch.cat(self._outputs)
 
 

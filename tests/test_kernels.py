@@ -256,6 +256,20 @@ def test_row_stats_match_reference_and_count_non_finite():
     assert got[:, 3].tolist() == [0, 1, 1, 0, 0]
 
 
+def test_row_stats_of_many_tensors_in_launches_of_a_few(monkeypatch):
+    from impdiff.kernels import stats
+
+    g = torch.Generator().manual_seed(12)
+    wide = torch.randn(4, 3, 48, generator=g)
+    xs = [torch.randn(4, 40, generator=g), wide[:, 1],  # a strided view
+          torch.randn(4, 2, 8, generator=g).half(), torch.randn(4, 5000, generator=g),
+          torch.randn(4, 1, generator=g)]
+    monkeypatch.setattr(stats, "MAX_TENSORS", 2)  # three launches
+    got = stats.row_stats_many([x.to(DEVICE) for x in xs]).cpu()
+    for i, x in enumerate(xs):
+        assert torch.allclose(got[i], stats.row_stats_reference(x), rtol=1e-5, atol=1e-5), i
+
+
 def test_gpu_tap_stats_table_from_fast_model(synth_model):
     from impdiff.engine.fast import FastSession, load_fast_model
     from impdiff.tap_stats import GpuTapStats
