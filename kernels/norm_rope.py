@@ -9,7 +9,9 @@
 returning (x', y). Q/K norms are the same kernel over rows of head_dim.
 
 `rope` rotates [T, H, D] by cos/sin tables indexed by position (a device tensor, so the step is
-graph-safe) and can write its result into cache rows at those positions.
+graph-safe) and can write its result into cache rows at those positions. `rope_qkv` is the same
+kernel over a fused Q/K/V projection: per-head Q/K norms, both rotations and both cache writes
+in one launch (the plain decode path's whole step between the projection and attention).
 
 References: `impdiff.engine.model.rms_norm` and `apply_rope`.
 """

@@ -53,6 +53,10 @@ class QuantFormat:
     bias: int = 0  # 0: none; 1: fp16 per group; 2: integer per group x fp16 per super-block
     codebook: bool = False  # NVFP4: q is an E2M1 code
 
+    def __post_init__(self):
+        # the GEMV folds each field's power-of-two unit into its group's scale
+        assert self.qbits == 32 or self.scale, f"{self.name}: a packed format needs a scale"
+
     @property
     def fields(self) -> int:
         return 32 // self.qbits
@@ -206,9 +210,9 @@ def _group_param(ptr, row, t, g: tl.constexpr, P: tl.constexpr, stride, mask,
                  KIND: tl.constexpr, mult: tl.constexpr = 1.0):
     """Parameter g of the P in tile t of a scale or offset plane, as float32: fp16 (KIND 1) or
     an integer (KIND 2), times a power of two `mult`. The plane is read as int32 words, each
-    holding whole parameters in order: the parameters of one word share a load (the compiler merges the identical loads of
-    neighbouring g) and take a field extraction each, where a load each cost an address, a
-    load and a byte permute."""
+    holding whole parameters in order: the parameters of one word share a load (the compiler
+    merges the identical loads of neighbouring g) and take a field extraction each, where a
+    load each cost an address, a load and a byte permute."""
     BITS: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth
     EPW: tl.constexpr = 32 // BITS  # parameters per word
     SH: tl.constexpr = BITS * (g % EPW)
@@ -277,9 +281,9 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
                 lin = _thread_sum(_e2m1(_field_int(words, j, QBITS)) * x)
             else:
                 lin = _field_dot(words, x, xs, j, QBITS, ZERO, one_bits)
-            if SCALE > 0:
-                lin = lin * _group_param(s_ptr, r, tp, j, P, stride_s, wmask, SCALE,
-                                         16 if QBITS == 4 and j % 2 == 0 and not CODEBOOK else 1)
+            # this field's unit over UNIT_MIN
+            R = 16 if QBITS == 4 and j % 2 == 0 and not CODEBOOK else 1
+            lin = lin * _group_param(s_ptr, r, tp, j, P, stride_s, wmask, SCALE, R)
             if BIAS > 0:
                 off = _group_param(b_ptr, r, tp, j, P, stride_b, wmask, BIAS,
                                    1.0 / UNIT_MIN) * xs
