@@ -271,7 +271,9 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
         t = t0 + step
         wmask = None if EVEN else (r < N) & (t < t_hi)
         words = tl.load(q_ptr + r * stride_q + t * G + w, mask=wmask, other=other)
-        tp = t + spread  # per-(row, tile) parameters
+        # per-(row, tile) parameters, in the layout of the in-thread sums they multiply
+        like_sums = _thread_sum(words * 0)
+        tp, rp = t + like_sums, r + like_sums
         for j in tl.static_range(P):
             # masked by whole groups (K is a multiple of G), so the loads stay vectors
             xmask = None if EVEN else (t < t_hi) & (t * P + j < K // G)
@@ -283,9 +285,9 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
                 lin = _field_dot(words, x, xs, j, QBITS, ZERO, one_bits)
             # this field's unit over UNIT_MIN
             R = 16 if QBITS == 4 and j % 2 == 0 and not CODEBOOK else 1
-            lin = lin * _group_param(s_ptr, r, tp, j, P, stride_s, wmask, SCALE, R)
+            lin = lin * _group_param(s_ptr, rp, tp, j, P, stride_s, wmask, SCALE, R)
             if BIAS > 0:
-                off = _group_param(b_ptr, r, tp, j, P, stride_b, wmask, BIAS,
+                off = _group_param(b_ptr, rp, tp, j, P, stride_b, wmask, BIAS,
                                    1.0 / UNIT_MIN) * xs
             if j == 0:
                 s_acc = lin
@@ -296,9 +298,9 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
                 if BIAS > 0:
                     b_acc += off
         if SCALE == 2:  # the tile's multipliers (a K-quant super-block's d and -dmin)
-            s_acc = s_acc * _group_param(sd_ptr, r, tp, 0, 2, stride_sd, wmask, 1)
+            s_acc = s_acc * _group_param(sd_ptr, rp, tp, 0, 2, stride_sd, wmask, 1)
         if BIAS == 2:
-            b_acc = b_acc * _group_param(sd_ptr, r, tp, 1, 2, stride_sd, wmask, 1)
+            b_acc = b_acc * _group_param(sd_ptr, rp, tp, 1, 2, stride_sd, wmask, 1)
         if BIAS > 0:
             s_acc += b_acc
         acc += s_acc
