@@ -261,7 +261,6 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     lane = tl.arange(0, L)[:, None, None, None, None]
     w = (lane * 4 + tl.arange(0, Q)[None, None, :, None, None] * (4 * L)
          + tl.arange(0, 4)[None, None, None, None, :])
-    spread = lane * 0  # per-(row, tile) loads take the lane dim, hence the words' layout
     t_lo = tl.program_id(1) * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, T)
     step = tl.arange(0, NT)[None, :, None, None, None]
