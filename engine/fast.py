@@ -188,8 +188,8 @@ class FastTransformer:
                 k = emit(tap, "Kcur_normed", i, residual_norm(k, w.k_norm, cfg.rms_eps)[1])
             q = emit(tap, "Qcur_pos", i, rope(q, cos, sin, positions, L.n_rot, neox))
             k = emit(tap, "Kcur_pos", i, rope(k, cos, sin, positions, L.n_rot, neox))
-            self.k_cache[i].index_copy_(0, positions.long(), k.to(torch.float16))
-            rope(v, cos, sin, positions, 0, neox, out=self.v_cache[i])  # n_rot 0: a copy
+            for t, cache in ((k, self.k_cache[i]), (v, self.v_cache[i])):
+                rope(t, cos, sin, positions, 0, neox, out=cache)  # n_rot 0: a copy into rows
         window = cfg.sliding_window if L.swa else 0
         splits = self.splits[L.n_head_kv] if T == 1 else 1
         out = emit(tap, "kqv", i, attention(q, self.k_cache[i], self.v_cache[i], positions,

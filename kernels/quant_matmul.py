@@ -320,18 +320,22 @@ def _dequant_kernel(out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, alpha,
     mask = (r < N) & (t < T)
     words = tl.load(q_ptr + r * stride_q + t * G + w, mask=mask, other=0)
     out = out_ptr + r.to(tl.int64) * K
+    if SCALE == 2:  # the tile's multipliers, once for all its groups
+        ms = _group_param(sd_ptr, r, t, 0, 2, stride_sd, mask, 1)
+    if BIAS == 2:
+        mb = _group_param(sd_ptr, r, t, 1, 2, stride_sd, mask, 1)
     for j in tl.static_range(P):
         q = _field_int(words, j, QBITS)
         v = _e2m1(q) if CODEBOOK else _exact_float(q - ZERO)
         if SCALE > 0:
             s = _group_param(s_ptr, r, t, j, P, stride_s, mask, SCALE)
             if SCALE == 2:
-                s = s * _group_param(sd_ptr, r, t, 0, 2, stride_sd, mask, 1)
+                s = s * ms
             v = v * s
         if BIAS > 0:
             b = _group_param(b_ptr, r, t, j, P, stride_b, mask, BIAS)
             if BIAS == 2:
-                b = b * _group_param(sd_ptr, r, t, 1, 2, stride_sd, mask, 1)
+                b = b * mb
             v = v + b
         k = (t * P + j) * G + w
         tl.store(out + k, (v * alpha).to(out_ptr.dtype.element_ty), mask=mask & (k < K))
