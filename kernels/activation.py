@@ -1,4 +1,5 @@
-"""The FFN's gated activation, act(gate) * up, in one kernel (torch would take two)."""
+"""The FFN's gated activation, act(gate) * up, in one kernel (torch would take two); `activate` is
+also the epilogue of the gate/up GEMV (`quant_matmul.qgemv_gated`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,16 @@ ACTIVATIONS = {"silu": 1, "gelu_tanh": 2}
 
 
 @triton.jit
+def activate(g, ACT: tl.constexpr):
+    """The FFN activation of float32 `g` (ACT: a value of ACTIVATIONS)."""
+    if ACT == 1:  # silu
+        return g / (1.0 + tl.exp(-g))
+    # gelu, tanh approximation; tanh(z) = 1 - 2 / (1 + e^2z)
+    z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
+    return g * (1.0 - 1.0 / (1.0 + tl.exp(2.0 * z)))
+
+
+@triton.jit
 def _gated_kernel(gate_ptr, up_ptr, out_ptr, n, stride_g, stride_u, ACT: tl.constexpr,
                   BLOCK: tl.constexpr):
     t = tl.program_id(1)
@@ -17,12 +28,7 @@ def _gated_kernel(gate_ptr, up_ptr, out_ptr, n, stride_g, stride_u, ACT: tl.cons
     mask = i < n
     g = tl.load(gate_ptr + t * stride_g + i, mask=mask, other=0.0).to(tl.float32)
     u = tl.load(up_ptr + t * stride_u + i, mask=mask, other=0.0).to(tl.float32)
-    if ACT == 1:  # silu
-        a = g / (1.0 + tl.exp(-g))
-    else:  # gelu, tanh approximation; tanh(z) = 1 - 2 / (1 + e^2z)
-        z = 0.7978845608028654 * (g + 0.044715 * g * g * g)
-        a = g * (1.0 - 1.0 / (1.0 + tl.exp(2.0 * z)))
-    tl.store(out_ptr + t * n + i, a * u, mask=mask)
+    tl.store(out_ptr + t * n + i, activate(g, ACT) * u, mask=mask)
 
 
 def gated_activation(act: str, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
