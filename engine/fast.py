@@ -5,10 +5,9 @@ Same model, same tap names, different execution:
 * weights stay quantised on the GPU in the kernels' plane layout (`engine.packed`); Q/K/V and
   gate/up are fused into one weight where their formats agree;
 * one token runs fused dequantise-GEMVs in float32; more tokens dequantise to fp16 for cuBLAS;
-* norms are fused with the residual add around them; for one token the add and the norm are the
-  epilogue of the output projection before them (the next GEMV applies the norm's 1/rms), and
-  the gated activation that of the gate/up GEMV; RoPE writes K straight into a static fp16 KV
-  cache, attention is one flash kernel whose key range comes from device-side positions;
+* norms are fused with the residual add around them, the gated activation is the epilogue of the
+  gate/up GEMV, RoPE writes K straight into a static fp16 KV cache, attention is one flash
+  kernel whose key range comes from device-side positions;
 * greedy decode is a CUDA graph captured once and replayed per token: the next token is picked
   on the GPU and fed back without the host (`FastSession.generate_greedy`).
 
@@ -27,8 +26,7 @@ import torch
 from ..kernels.activation import gated_activation
 from ..kernels.attention import attention, decode_splits
 from ..kernels.norm_rope import residual_norm, rope, rope_qkv
-from ..kernels.quant_matmul import (PackedWeight, concat_rows, qgemv, qgemv_gated,
-                                   qgemv_residual_norm, qmatmul)
+from ..kernels.quant_matmul import PackedWeight, concat_rows, qgemv, qgemv_gated, qmatmul
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_file import GGUFFile
@@ -119,7 +117,6 @@ class FastTransformer:
         self.k_cache = [torch.zeros(max_ctx, L.n_head_kv, L.head_dim, device=device,
                                     dtype=torch.float16) for L in cfg.layers]
         self.v_cache = [torch.zeros_like(k) for k in self.k_cache]
-        self._sync = torch.zeros(1, dtype=torch.int32, device=device)  # qgemv_residual_norm's
         # a one-token step splits the key range only where contexts are long enough to need it
         # (the merge of the splits costs more than it saves on a short cache)
         self.splits = {L.n_head_kv: min(decode_splits(L.n_head_kv, device), max(1, max_ctx // 1024))
@@ -144,53 +141,42 @@ class FastTransformer:
             x = emit(tap, "inp_scaled", GLOBAL, x * math.sqrt(cfg.n_embd))
         _, h = residual_norm(x, self.layers[0].attn_norm, cfg.rms_eps)
         h = emit(tap, "attn_norm", 0, h)
-        rstd = None  # a norm's 1/rms that the next product applies (the one-token plain path)
         for i, w in enumerate(self.layers):
-            a = self.attention(i, h, positions, tap, rstd)
-            x, h, rstd = self.project_residual(
-                a, x, w.wo, w.attn_post_norm, w.ffn_norm, tap,
-                (("attn_out", i), ("attn_post_norm", i), ("ffn_inp", i), ("ffn_norm", i)))
-            f = self.ffn_activation(i, h, tap, rstd)
+            a = self.attention(i, h, positions, tap)
+            a = emit(tap, "attn_out", i, qmatmul(a, w.wo))
+            x, h = self.residual(x, a, w.attn_post_norm, w.ffn_norm, tap,
+                                 (("attn_post_norm", i), ("ffn_inp", i), ("ffn_norm", i)))
+            f = self.mlp(i, h, tap)
             last = i == cfg.n_layer - 1
             norm = self.output_norm if last else self.layers[i + 1].attn_norm
-            x, h, rstd = self.project_residual(
-                f, x, w.down, w.ffn_post_norm, norm, tap,
-                (("ffn_out", i), ("ffn_post_norm", i), ("l_out", i),
-                 ("result_norm", GLOBAL) if last else ("attn_norm", i + 1)))
+            x, h = self.residual(x, f, w.ffn_post_norm, norm, tap,
+                                 (("ffn_post_norm", i), ("l_out", i),
+                                  ("result_norm", GLOBAL) if last else ("attn_norm", i + 1)))
         if last_only:
             h = h[-1:]
-        logits = _project(h, [self.output], rstd)
+        logits = qmatmul(h, self.output)
         if cfg.final_logit_softcap:
             logits = softcap(logits, cfg.final_logit_softcap)
         return emit(tap, "result_output", GLOBAL, logits)
 
-    def project_residual(self, a, x, weight, post_norm, norm, tap, names):
-        """x + post_norm(weight a), the residual stream, and its norm as (x, h, rstd): the norm
-        is h * rstd where rstd is a [1] tensor the next product applies, or h itself (rstd None).
-
-        One token, no tap and no post-norm: a single GEMV whose epilogue adds the residual and
-        leaves 1/rms to the next GEMV. Otherwise the product, then one kernel for the add and the
-        norms, or with a tap each step on its own so that it shows."""
+    def residual(self, x, h, post_norm, norm, tap, names):
+        """x + post_norm(h), and its norm: one kernel, or three steps that each show a tap."""
         eps = self.cfg.rms_eps
-        if tap is None and a.shape[0] == 1 and post_norm is None:
-            x, h, rstd = qgemv_residual_norm(a[0], weight, x[0], norm, eps, self._sync)
-            return x[None], h[None], rstd
-        (out_name, i), (post_name, _), (sum_name, j), (norm_name, k) = names
-        h = emit(tap, out_name, i, qmatmul(a, weight))
         if tap is None:
-            return *residual_norm(x, norm, eps, h, post_norm), None
+            return residual_norm(x, norm, eps, h, post_norm)
+        (post_name, i), (sum_name, j), (norm_name, k) = names
         if post_norm is not None:
             h = emit(tap, post_name, i, residual_norm(h, post_norm, eps)[1])
         x = emit(tap, sum_name, j, x + h)
-        return x, emit(tap, norm_name, k, residual_norm(x, norm, eps)[1]), None
+        return x, emit(tap, norm_name, k, residual_norm(x, norm, eps)[1])
 
-    def attention(self, i: int, h: torch.Tensor, positions: torch.Tensor, tap: TapFn | None,
-                  rstd: torch.Tensor | None = None) -> torch.Tensor:
+    def attention(self, i: int, h: torch.Tensor, positions: torch.Tensor,
+                  tap: TapFn | None) -> torch.Tensor:
         cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
         T, d = h.shape[0], L.head_dim
         cos, sin = self.rope_tables[self._rope_key(L)]
         neox = cfg.spec.rope_neox
-        qkv = _project(h, w.qkv, rstd).view(T, L.n_head + 2 * L.n_head_kv, d)
+        qkv = _project(h, w.qkv).view(T, L.n_head + 2 * L.n_head_kv, d)
         if tap is None:  # norms, rotations and both cache writes in one kernel
             q = rope_qkv(qkv, L.n_head, L.n_head_kv, cos, sin, positions, L.n_rot, neox,
                          self.k_cache[i], self.v_cache[i], w.q_norm, w.k_norm, cfg.rms_eps)
@@ -211,30 +197,29 @@ class FastTransformer:
                                              cfg.attn_scale, window, 0.0, splits))
         return emit(tap, "kqv_out", i, out.reshape(T, L.n_head * d))
 
-    def ffn_activation(self, i: int, h: torch.Tensor, tap: TapFn | None,
-                       rstd: torch.Tensor | None = None) -> torch.Tensor:
-        """act(gate) * up, the FFN's input to its down projection."""
+    def mlp(self, i: int, h: torch.Tensor, tap: TapFn | None) -> torch.Tensor:
         w, act = self.layers[i], self.cfg.spec.ffn_act
         if tap is None and h.shape[0] == 1 and len(w.gate_up) == 1:
-            return qgemv_gated(h[0], w.gate_up[0], act, rstd)[None]
-        gate, up = _project(h, w.gate_up, rstd).chunk(2, dim=-1)
-        if tap is None:
-            return gated_activation(act, gate, up)
-        gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
-        return emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+            a = qgemv_gated(h[0], w.gate_up[0], act)[None]  # the activation in its epilogue
+        elif tap is None:
+            a = gated_activation(act, *_project(h, w.gate_up).chunk(2, dim=-1))
+        else:
+            gate, up = _project(h, w.gate_up).chunk(2, dim=-1)
+            gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
+            a = emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+        return emit(tap, "ffn_out", i, qmatmul(a, w.down))
 
 
-def _project(h: torch.Tensor, weights: list[PackedWeight], rstd: torch.Tensor | None = None
-             ) -> torch.Tensor:
-    """h times each weight, outputs side by side (one token: written in place, no concat);
-    times rstd, a one-token norm's 1/rms, if given."""
+def _project(h: torch.Tensor, weights: list[PackedWeight]) -> torch.Tensor:
+    """h times each weight, outputs side by side (one token: written in place, no concat)."""
+    if len(weights) == 1:
+        return qmatmul(h, weights[0])
     if h.shape[0] > 1:
-        products = [qmatmul(h, w) for w in weights]
-        return products[0] if len(products) == 1 else torch.cat(products, dim=-1)
+        return torch.cat([qmatmul(h, w) for w in weights], dim=-1)
     out = torch.empty(1, sum(w.n for w in weights), device=h.device, dtype=torch.float32)
     x, lo = h.reshape(-1), 0
     for w in weights:
-        qgemv(x, w, out=out[0, lo:lo + w.n], x_scale=rstd)
+        qgemv(x, w, out=out[0, lo:lo + w.n])
         lo += w.n
     return out
 

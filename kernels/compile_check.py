@@ -56,18 +56,14 @@ def check() -> list[str]:
     q = quant_matmul
     for name, planes in PLANE_TYPES.items():
         fa = q._fmt_args(q.FORMATS[name])
-        # (rows, lanes, warps, unmasked, x scale, epilogue): plain, gated, residual + norm
-        for bn, lanes, warps, even, scaled, epi in ((1, 2, 1, False, False, 0),
-                                                    (4, 4, 1, True, True, 0),
-                                                    (4, 4, 2, False, False, 1),
-                                                    (8, 2, 1, True, True, 2),
-                                                    (2, 4, 2, False, False, 2)):
+        # (rows, lanes, warps, unmasked, gated epilogue's activation or 0)
+        for bn, lanes, warps, even, act in ((1, 2, 1, False, 0), (4, 4, 1, True, 0),
+                                            (4, 4, 2, False, 1), (8, 2, 1, True, 2)):
             attempt(f"qgemv {name} {bn}/{lanes}/{warps}{' even' if even else ''}"
-                    f"{' scaled' if scaled else ''} epilogue {epi}", q._qgemv_kernel,
+                    f"{f' gated {act}' if act else ''}", q._qgemv_kernel,
                     ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32", "i32"]
-                    + ["i32"] * 4 + ["*fp32"] * 5 + ["*i32", "*fp32", "fp32"],
-                    dict(fa, BLOCK_N=bn, NT=32 * warps // lanes, L=lanes, EVEN=even,
-                         X_SCALE=scaled, EPI=epi, ACT=1),
+                    + ["i32"] * 4,
+                    dict(fa, BLOCK_N=bn, NT=32 * warps // lanes, L=lanes, EVEN=even, ACT=act),
                     num_warps=warps)
         attempt(f"dequant {name}", q._dequant_kernel,
                 ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 4,

@@ -41,8 +41,8 @@ import triton.language as tl
 
 from .activation import ACTIVATIONS, activate, gated_activation
 
-__all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated",
-           "qgemv_residual_norm", "dequantize", "qmatmul", "dequantize_reference"]
+__all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated", "dequantize",
+           "qmatmul", "dequantize_reference"]
 
 
 @dataclass(frozen=True)
@@ -241,21 +241,14 @@ def _thread_sum(v):
 @triton.jit
 def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_per_split, alpha,
                   one_bits, stride_q, stride_s, stride_b, stride_sd,
-                  x_scale_ptr, res_ptr, norm_ptr, normed_ptr, part_ptr, sync_ptr, rstd_ptr, eps,
                   G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
                   CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
                   BLOCK_N: tl.constexpr, NT: tl.constexpr, L: tl.constexpr, EVEN: tl.constexpr,
-                  X_SCALE: tl.constexpr, EPI: tl.constexpr, ACT: tl.constexpr):
-    """out[split, n] = alpha * sum_k W[n, k] x[k] over this program's rows and share of tiles,
-    times the scalar *x_scale_ptr if X_SCALE (a norm's 1/rms, see EPI 2).
+                  ACT: tl.constexpr):
+    """out[split, n] = alpha * sum_k W[n, k] x[k] over this program's rows and share of tiles.
 
-    Epilogues (one split only), each replacing a kernel that would follow:
-    EPI 1, gated: W is [gate; up]; a program takes BLOCK_N / 2 rows of each half and writes
-      activate(gate) * up ([N / 2]).
-    EPI 2, residual + norm statistics: out = res + W x, normed = out * norm (the next RMSNorm
-      but for its 1/rms), and the last program to finish writes 1/rms to rstd_ptr from the
-      programs' sums of squares, added in program order (deterministic); the consumer GEMV
-      takes it as its x_scale.
+    ACT > 0 (one split), the gated epilogue that replaces an activation kernel: W is [gate; up],
+    a program takes BLOCK_N / 2 rows of each half and writes activate(gate, ACT) * up ([N / 2]).
 
     Tiles are [L lanes, NT tiles, Q quarters, BLOCK_N rows, 4 words]: lanes and tiles across a
     warp's threads, the rest in each thread's registers. Dims are ordered so the compiler's
@@ -271,7 +264,7 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     UNIT_MIN: tl.constexpr = 1 if CODEBOOK else (16 if QBITS == 4 else 1 << QBITS)
     pid = tl.program_id(0)
     i = tl.arange(0, BLOCK_N)
-    if EPI == 1:
+    if ACT > 0:
         HALF: tl.constexpr = BLOCK_N // 2
         out_rows = pid * HALF + i % HALF
         rows = out_rows + (i // HALF) * (N // 2)
@@ -328,39 +321,12 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
         acc += s_acc
     total = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=4), axis=2), axis=1), axis=0) * (UNIT_MIN
                                                                                   * alpha)
-    if X_SCALE:
-        total *= tl.load(x_scale_ptr)
-    if EPI == 0:
+    if ACT == 0:
         tl.store(out_ptr + tl.program_id(1) * N + rows, total, mask=row_ok)
-    elif EPI == 1:
+    else:
         gate, up = tl.split(tl.permute(tl.reshape(total, (2, HALF)), (1, 0)))
         o = pid * HALF + tl.arange(0, HALF)
         tl.store(out_ptr + o, activate(gate, ACT) * up, mask=o < N // 2)
-    else:
-        x = tl.load(res_ptr + rows, mask=row_ok, other=0.0) + total
-        tl.store(out_ptr + rows, x, mask=row_ok)
-        tl.store(normed_ptr + rows, x * tl.load(norm_ptr + rows, mask=row_ok, other=0.0),
-                 mask=row_ok)
-        tl.store(part_ptr + pid, tl.sum(x * x))  # rows past N hold 0
-        _last_program_rstd(part_ptr, sync_ptr, rstd_ptr, N, eps)
-
-
-@triton.jit
-def _last_program_rstd(part_ptr, sync_ptr, rstd_ptr, n, eps):
-    """1 / rms from the programs' sums of squares, by whichever program finishes last: a
-    counter (left at 0 for the next launch) orders every program's sum before the last one's
-    read of them."""
-    programs = tl.num_programs(0)
-    tl.debug_barrier()  # this program's sum is stored before its arrival is counted
-    if tl.atomic_add(sync_ptr, 1, sem="acq_rel") == programs - 1:
-        BLOCK: tl.constexpr = 1024
-        j = tl.arange(0, BLOCK)
-        ss = 0.0
-        for lo in range(0, programs, BLOCK):
-            ss += tl.sum(tl.load(part_ptr + lo + j, mask=lo + j < programs, other=0.0,
-                                 cache_modifier=".cg"))
-        tl.store(rstd_ptr, 1.0 / tl.sqrt(ss / n + eps))
-        tl.atomic_xchg(sync_ptr, 0)
 
 
 @triton.jit
@@ -478,23 +444,17 @@ def sm_count(device: torch.device) -> int:
 
 
 def _launch_gemv(x, w: PackedWeight, cfg: GemvConfig, out, programs: int, per_split: int,
-                 splits: int, even: bool, x_scale=None, epi: int = 0, act: int = 0, res=None,
-                 norm=None, normed=None, part=None, sync=None, rstd=None, eps: float = 0.0):
+                 splits: int, even: bool, act: int = 0):
     planes, strides = _plane_args(w)
-    unused = out  # pointers of an epilogue that is off are never read
     _qgemv_kernel[(programs, splits)](
         x, out, *planes, w.n, w.k, w.tiles, per_split, w.alpha, ONE_BITS, *strides,
-        *(unused if p is None else p for p in (x_scale, res, norm, normed, part, sync, rstd)),
-        eps, **_fmt_args(w.fmt), BLOCK_N=cfg.block_n, NT=cfg.tiles, L=cfg.lanes, EVEN=even,
-        X_SCALE=x_scale is not None, EPI=epi, ACT=act, num_warps=cfg.num_warps)
+        **_fmt_args(w.fmt), BLOCK_N=cfg.block_n, NT=cfg.tiles, L=cfg.lanes, EVEN=even, ACT=act,
+        num_warps=cfg.num_warps)
 
 
-def _config(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None,
-            one_split: bool = False) -> GemvConfig:
-    cfg = config or (gemv_config(w, sm_count(x.device)) if x.device.type == "cuda"
-                     else _interpreter_config(w))
-    # an epilogue needs a program's rows whole (one split) and, gated, in pairs
-    return replace(cfg, split_k=1, block_n=max(cfg.block_n, 2)) if one_split else cfg
+def _config(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None) -> GemvConfig:
+    return config or (gemv_config(w, sm_count(x.device)) if x.device.type == "cuda"
+                      else _interpreter_config(w))
 
 
 def _even(w: PackedWeight, cfg: GemvConfig, rows: int, block: int) -> bool:
@@ -503,65 +463,39 @@ def _even(w: PackedWeight, cfg: GemvConfig, rows: int, block: int) -> bool:
 
 
 def qgemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None = None,
-          out: torch.Tensor | None = None, x_scale: torch.Tensor | None = None) -> torch.Tensor:
-    """W x for one token: x [k] float32 -> [n] float32, times the scalar tensor x_scale if
-    given (the 1/rms of `qgemv_residual_norm`).
+          out: torch.Tensor | None = None) -> torch.Tensor:
+    """W x for one token: x [k] float32 -> [n] float32.
 
     Deterministic: a split K writes partial sums that are added in a fixed order.
     """
     if w.fmt.qbits == 32:
-        y = torch.mv(w.q, x, out=out)
-        return y if x_scale is None else y.mul_(x_scale)
+        return torch.mv(w.q, x, out=out)
     cfg = _config(x, w, config)
     per_split = triton.cdiv(triton.cdiv(w.tiles, cfg.split_k), cfg.tiles) * cfg.tiles
     splits = triton.cdiv(w.tiles, per_split)
     partial = torch.empty((splits, w.n), device=x.device, dtype=torch.float32) \
         if splits > 1 or out is None else out.view(1, w.n)
     _launch_gemv(x, w, cfg, partial, triton.cdiv(w.n, cfg.block_n), per_split, splits,
-                 _even(w, cfg, w.n, cfg.block_n), x_scale)
+                 _even(w, cfg, w.n, cfg.block_n))
     if splits == 1:
         return partial.view(w.n)
     return torch.sum(partial, dim=0, out=out)
 
 
 def qgemv_gated(x: torch.Tensor, w: PackedWeight, act: str,
-                x_scale: torch.Tensor | None = None, config: GemvConfig | None = None
-                ) -> torch.Tensor:
-    """act(gate) * up for one token from the fused weight [gate; up]: x [k] -> [n / 2]."""
+                config: GemvConfig | None = None) -> torch.Tensor:
+    """act(gate) * up for one token from the fused weight [gate; up]: x [k] -> [n / 2], the
+    activation in the GEMV's epilogue (one split; rows in pairs, one of each half)."""
     half = w.n // 2
     if w.fmt.qbits == 32:
-        y = qgemv(x, w, x_scale=x_scale)
+        y = qgemv(x, w)
         return gated_activation(act, y[None, :half], y[None, half:])[0]
-    cfg = _config(x, w, config, one_split=True)
+    cfg = _config(x, w, config)
+    cfg = replace(cfg, split_k=1, block_n=max(cfg.block_n, 2))
     out = torch.empty(half, device=x.device, dtype=torch.float32)
     _launch_gemv(x, w, cfg, out, triton.cdiv(half, cfg.block_n // 2), w.tiles, 1,
-                 _even(w, cfg, half, cfg.block_n // 2), x_scale, epi=1, act=ACTIVATIONS[act])
+                 _even(w, cfg, half, cfg.block_n // 2), act=ACTIVATIONS[act])
     return out
-
-
-def qgemv_residual_norm(x: torch.Tensor, w: PackedWeight, residual: torch.Tensor,
-                        norm: torch.Tensor, eps: float, sync: torch.Tensor,
-                        x_scale: torch.Tensor | None = None, config: GemvConfig | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """One token's residual add and the RMSNorm after it, in the GEMV's epilogue:
-    (r = residual + W x, r * norm, 1 / rms(r) as a [1] tensor); rms_norm(r) * norm is the product
-    of the last two, which the next GEMV forms by taking them as its x and x_scale.
-
-    `sync` is an int32 [1] tensor holding 0, the kernel's arrival counter (left at 0); launches
-    sharing one must run one after another (one stream).
-    """
-    if w.fmt.qbits == 32:
-        r = residual + qgemv(x, w, x_scale=x_scale)
-        return r, r * norm, torch.rsqrt(r.square().mean() + eps).view(1)
-    cfg = _config(x, w, config, one_split=True)
-    programs = triton.cdiv(w.n, cfg.block_n)
-    out, normed = (torch.empty(w.n, device=x.device, dtype=torch.float32) for _ in range(2))
-    part = torch.empty(programs, device=x.device, dtype=torch.float32)
-    rstd = torch.empty(1, device=x.device, dtype=torch.float32)
-    _launch_gemv(x, w, cfg, out, programs, w.tiles, 1, _even(w, cfg, w.n, cfg.block_n),
-                 x_scale, epi=2, res=residual, norm=norm, normed=normed, part=part, sync=sync,
-                 rstd=rstd, eps=eps)
-    return out, normed, rstd
 
 
 def dequantize(w: PackedWeight, dtype: torch.dtype = torch.float16) -> torch.Tensor:
