@@ -63,7 +63,7 @@ def residual_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
                                    weight if weight is not None else x2, xout, y, n, eps,
                                    HAS_H=h is not None, HAS_POST=post_weight is not None,
                                    HAS_W=weight is not None, BLOCK=triton.next_power_of_2(n),
-                                   num_warps=4 if n <= 2048 else 8)
+                                   num_warps=4 if n <= 2048 else 16)
     return xout.view(x.shape), y.view(x.shape)
 
 
