@@ -41,12 +41,10 @@ def group_plane(p: torch.Tensor, fmt: QuantFormat, k: int) -> torch.Tensor:
 
 def tile_multipliers(d: torch.Tensor, neg_dmin: torch.Tensor | None, fmt: QuantFormat
                      ) -> torch.Tensor:
-    """Per-super-block fp16 d (and -dmin) [n, supers] -> [n, 2T]: each tile's pair."""
+    """Per-super-block fp16 d (and -dmin) [n, supers] -> [n, T] (or [n, 2T]: each tile's pair)."""
     per_super = SUPER_BLOCK // fmt.tile
-    if neg_dmin is None:
-        neg_dmin = torch.zeros_like(d)
-    pair = torch.stack([d, neg_dmin], dim=-1).repeat_interleave(per_super, dim=1)
-    return pair.reshape(d.shape[0], -1).contiguous()
+    per_tile = d if neg_dmin is None else torch.stack([d, neg_dmin], dim=-1)
+    return per_tile.repeat_interleave(per_super, dim=1).reshape(d.shape[0], -1).contiguous()
 
 
 def _f16(field: torch.Tensor, rows: int) -> torch.Tensor:

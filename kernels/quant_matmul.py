@@ -17,8 +17,8 @@ planes, per row of the weight (`PackedWeight`):
 * ``s``, ``b``: the group scale and offset, fp16 (SCALE/BIAS 1) or the stored integer (2: the
   K-quants, whose scale is that integer times a per-super-block fp16, kept apart so the product
   is the same float32 product ggml's dequantiser forms).
-* ``sd``: for the K-quants, [n, 2T] fp16: each tile's multipliers of s and b (d and -dmin of
-  its super-block).
+* ``sd``: for the K-quants, [n, T * M] fp16: each tile's multipliers of s and b, M = 2 (d and
+  -dmin of its super-block), or of s alone, M = 1 (Q6_K: d; no offset to multiply).
 
 The GEMV works in float32 without an int-to-float conversion per value: a field becomes the
 float f = 1 + q 2^(LOW - 23) by shifting it into the mantissa of 1.0 at bit LOW (one shift, one
@@ -145,12 +145,12 @@ def dequantize_reference(w: PackedWeight) -> torch.Tensor:
     if f.scale:
         s = w.s.view(n, T, P, 1).float()
         if f.scale == 2:
-            s = s * w.sd.view(n, T, 2)[:, :, 0].float().view(n, T, 1, 1)
+            s = s * w.sd.view(n, T, -1)[:, :, 0].float().view(n, T, 1, 1)
         v = v * s
     if f.bias:
         b = w.b.view(n, T, P, 1).float()
         if f.bias == 2:
-            b = b * w.sd.view(n, T, 2)[:, :, 1].float().view(n, T, 1, 1)
+            b = b * w.sd.view(n, T, -1)[:, :, 1].float().view(n, T, 1, 1)
         v = v + b
     return v.reshape(n, T * P * G)[:, :w.k] * w.alpha
 
@@ -217,18 +217,22 @@ def _group_param(ptr, row, t, g: tl.constexpr, P: tl.constexpr, stride, mask,
     load each cost an address, a load and a byte permute."""
     BITS: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth
     EPW: tl.constexpr = 32 // BITS  # parameters per word
-    SH: tl.constexpr = BITS * (g % EPW)
-    words = ptr.to(tl.pointer_type(tl.int32))
-    word = tl.load(words + row * (stride // EPW) + t * (P // EPW) + g // EPW, mask=mask,
-                   other=None if mask is None else 0)
-    if KIND == 1:
-        v = ((word >> SH) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        if mult != 1.0:
-            v = v * mult
-    elif ptr.dtype.element_ty.is_int_signed():
-        v = _exact_float((word << (32 - BITS - SH)) >> (32 - BITS), mult)
+    if P % EPW != 0:  # a tile's parameters do not fill whole words (Q6_K's d alone)
+        v = tl.load(ptr + row * stride + t * P + g, mask=mask,
+                    other=None if mask is None else 0).to(tl.float32) * mult
     else:
-        v = _exact_float((word >> SH) & ((1 << BITS) - 1), mult, True)
+        SH: tl.constexpr = BITS * (g % EPW)
+        words = ptr.to(tl.pointer_type(tl.int32))
+        word = tl.load(words + row * (stride // EPW) + t * (P // EPW) + g // EPW, mask=mask,
+                       other=None if mask is None else 0)
+        if KIND == 1:
+            v = ((word >> SH) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+            if mult != 1.0:
+                v = v * mult
+        elif ptr.dtype.element_ty.is_int_signed():
+            v = _exact_float((word << (32 - BITS - SH)) >> (32 - BITS), mult)
+        else:
+            v = _exact_float((word >> SH) & ((1 << BITS) - 1), mult, True)
     return v
 
 
@@ -313,7 +317,8 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
                 if BIAS > 0:
                     b_acc += off
         if SCALE == 2:  # the tile's multipliers (a K-quant super-block's d and -dmin)
-            s_acc = s_acc * _group_param(sd_ptr, rp, tp, 0, 2, stride_sd, wmask, 1)
+            s_acc = s_acc * _group_param(sd_ptr, rp, tp, 0, 2 if BIAS == 2 else 1, stride_sd,
+                                         wmask, 1)
         if BIAS == 2:
             b_acc = b_acc * _group_param(sd_ptr, rp, tp, 1, 2, stride_sd, wmask, 1)
         if BIAS > 0:
@@ -343,7 +348,7 @@ def _dequant_kernel(out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, alpha,
     words = tl.load(q_ptr + r * stride_q + t * G + w, mask=mask, other=0)
     out = out_ptr + r.to(tl.int64) * K
     if SCALE == 2:  # the tile's multipliers, once for all its groups
-        ms = _group_param(sd_ptr, r, t, 0, 2, stride_sd, mask, 1)
+        ms = _group_param(sd_ptr, r, t, 0, 2 if BIAS == 2 else 1, stride_sd, mask, 1)
     if BIAS == 2:
         mb = _group_param(sd_ptr, r, t, 1, 2, stride_sd, mask, 1)
     for j in tl.static_range(P):
