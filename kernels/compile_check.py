@@ -68,12 +68,13 @@ def check() -> list[str]:
         attempt(f"dequant {name}", q._dequant_kernel,
                 ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 4,
                 dict(fa, BLOCK_N=16, NT=4))
-    for d, softcap, splits in ((64, False, 1), (256, True, 4)):
-        attempt(f"attention D={d}", attention._attention_kernel,
+    # (head dim, query rows, key tile, softcap, splits): prefill, one-token steps
+    for d, bm, bn, softcap, splits in ((64, 64, 64, False, 1), (128, 16, 128, False, 1),
+                                       (256, 16, 32, True, 4)):
+        attempt(f"attention D={d} {bm}x{bn}", attention._attention_kernel,
                 ["*fp32", "*fp16", "*fp16", "*i32", "*fp32", "*fp32", "*fp32", "i32", "fp32",
                  "fp32", "i32"] + ["i32"] * 10,
-                dict(GROUP=4, D=d, BLOCK_M=16, BLOCK_N=64 if d <= 128 else 32, SOFTCAP=softcap,
-                     SPLITS=splits))
+                dict(GROUP=4, D=d, BLOCK_M=bm, BLOCK_N=bn, SOFTCAP=softcap, SPLITS=splits))
     attempt("residual_norm", norm_rope._residual_norm_kernel, ["*fp32"] * 6 + ["i32", "fp32"],
             dict(HAS_H=True, HAS_POST=True, HAS_W=True, BLOCK=1024))
     rope_types = (["*fp32", "*fp32", "*fp32", "*i32", "*fp32", "*fp16", "*fp16", "*fp32",
