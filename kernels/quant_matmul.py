@@ -214,7 +214,8 @@ def _group_param(ptr, row, t, g: tl.constexpr, P: tl.constexpr, stride, mask,
     an integer (KIND 2), times a power of two `mult`. The plane is read as int32 words, each
     holding whole parameters in order: the parameters of one word share a load (the compiler
     merges the identical loads of neighbouring g) and take a field extraction each, where a
-    load each cost an address, a load and a byte permute."""
+    load each cost an address, a load and a byte permute. A plane whose tiles hold fewer
+    parameters than a word (Q6_K's d alone) is read a parameter at a time."""
     BITS: tl.constexpr = ptr.dtype.element_ty.primitive_bitwidth
     EPW: tl.constexpr = 32 // BITS  # parameters per word
     if P % EPW != 0:  # a tile's parameters do not fill whole words (Q6_K's d alone)
