@@ -201,12 +201,12 @@ class FastTransformer:
         w, act = self.layers[i], self.cfg.spec.ffn_act
         if tap is None and h.shape[0] == 1 and len(w.gate_up) == 1:
             a = qgemv_gated(h[0], w.gate_up[0], act)[None]  # the activation in its epilogue
-        elif tap is None:
-            a = gated_activation(act, *_project(h, w.gate_up).chunk(2, dim=-1))
-        else:
-            gate, up = _project(h, w.gate_up).chunk(2, dim=-1)
-            gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
-            a = emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+            return qmatmul(a, w.down)
+        gate, up = _project(h, w.gate_up).chunk(2, dim=-1)
+        if tap is None:
+            return qmatmul(gated_activation(act, gate, up), w.down)
+        gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
+        a = emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
         return emit(tap, "ffn_out", i, qmatmul(a, w.down))
 
 
