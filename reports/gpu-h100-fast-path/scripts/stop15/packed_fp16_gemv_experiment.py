@@ -5,14 +5,14 @@ and fp16 products. Compiled for sm_90 only, counted with sass_packed_fp16.py:
     _qgemvh_kernel 2 rows / 4 lanes / 2 warps: 4.01 SASS instructions per value, 143 registers
     the shipped _qgemv_kernel, same tiles:     4.78 per value, 79 registers
 
-The fp16 reduction over a thread's values became scalar half adds and byte permutes (PRMT 95
-per 128 values), so the packed arithmetic saved little and the register count would halve the
-warps per SM; not pursued (see the report README).
+95 of its 513 loop instructions are byte permutes repacking halves into pairs, and the
+register count would halve the warps per SM. A first variant (fp16 products summed per group
+with tl.sum, the group sums in float32; the asm then gave q - 8) counted 5.17 a value: Triton
+lowered the fp16 reductions into scalar half adds and permutes. Not pursued (see the report
+README).
 """
 import triton
 import triton.language as tl
-
-from impdiff.kernels.quant_matmul import _group_param, _thread_sum  # noqa: F401
 
 
 @triton.jit
@@ -47,56 +47,6 @@ def _nibbles_f16(words):
         }""",
         constraints="=r,=r,=r,=r,=r,=r,=r,=r,r,r",
         args=[words], dtype=(tl.float16,) * 8, is_pure=True, pack=2)
-
-
-@triton.jit
-def _qgemv16_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_per_split, alpha,
-                    one_bits, stride_q, stride_s, stride_b, stride_sd,
-                    G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
-                    CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
-                    BLOCK_N: tl.constexpr, NT: tl.constexpr, L: tl.constexpr, EVEN: tl.constexpr):
-    P: tl.constexpr = 32 // QBITS
-    Q: tl.constexpr = G // (4 * L)
-    rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    r = tl.reshape(rows, (1, 1, 1, BLOCK_N, 1))
-    lane = tl.arange(0, L)[:, None, None, None, None]
-    w = (lane * 4 + tl.arange(0, Q)[None, None, :, None, None] * (4 * L)
-         + tl.arange(0, 4)[None, None, None, None, :])
-    t_lo = tl.program_id(1) * tiles_per_split
-    t_hi = tl.minimum(t_lo + tiles_per_split, T)
-    step = tl.arange(0, NT)[None, :, None, None, None]
-    acc = tl.zeros((L, NT, 1, BLOCK_N, 1), tl.float32)
-    for t0 in range(t_lo, t_hi, NT):
-        t = t0 + step
-        words = tl.load(q_ptr + r * stride_q + t * G + w)
-        like_sums = _thread_sum(words * 0)
-        tp, rp = t + like_sums, r + like_sums
-        fs = _nibbles_f16(words)
-        for j in tl.static_range(P):
-            x = tl.load(x_ptr + (t * P + j) * G + w)
-            xs = _thread_sum(x)
-            p = fs[j] * x.to(tl.float16)
-            lin = tl.sum(tl.sum(p, axis=4, keep_dims=True), axis=2, keep_dims=True).to(tl.float32)
-            lin = (lin + (8.0 - ZERO) * xs) * _group_param(s_ptr, rp, tp, j, P, stride_s, None, SCALE)
-            if BIAS > 0:
-                off = _group_param(b_ptr, rp, tp, j, P, stride_b, None, BIAS) * xs
-            if j == 0:
-                s_acc = lin
-                if BIAS > 0:
-                    b_acc = off
-            else:
-                s_acc += lin
-                if BIAS > 0:
-                    b_acc += off
-        if SCALE == 2:
-            s_acc = s_acc * _group_param(sd_ptr, rp, tp, 0, 2, stride_sd, None, 1)
-        if BIAS == 2:
-            b_acc = b_acc * _group_param(sd_ptr, rp, tp, 1, 2, stride_sd, None, 1)
-        if BIAS > 0:
-            s_acc += b_acc
-        acc += s_acc
-    total = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=4), axis=2), axis=1), axis=0)
-    tl.store(out_ptr + tl.program_id(1) * N + rows, total * alpha, mask=rows < N)
 
 
 @triton.jit
