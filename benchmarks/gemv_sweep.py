@@ -1,10 +1,15 @@
 """Decode GEMV tiles on the GPU: bandwidth per weight shape and format, for each tile config.
 
     python benchmarks/gemv_sweep.py [--shape llama3-8b]
+    python benchmarks/gemv_sweep.py --kernel mma --write-table kernels/tuning/NAME.mma.json
 
 For every distinct (format, rows, cols) of the shape's Q4_K_M and Q8_0 mixes, times `qgemv`
 over a grid of (block_n, tiles, split_k, num_warps) and prints the weight bytes moved per
-second; the default heuristic (`gemv_config`) is shown beside the best found. Timing is of a
+second; the default heuristic (`gemv_config`) is shown beside the best found. With --kernel mma,
+every Q4_K shape (gate/up through the gated epilogue, as decode runs it) is timed through the
+tensor-core GEMV (`kernels/mma_gemv.py`) over its grid against the Triton GEMV at its tuned
+tiles, and the table records the shapes where the tensor-core GEMV is faster (those it lacks
+stay on Triton). Timing is of a
 CUDA graph of back-to-back calls over enough copies of the weight to miss the L2 cache, as in
 decode (a Python-launched call of a small GEMV measures the launch, not the kernel).
 """
@@ -19,19 +24,22 @@ import numpy as np
 import torch
 
 from impdiff.engine.packed import pack_gguf
-from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, sm_count
+from impdiff.kernels import mma_gemv
+from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, qgemv_gated, sm_count
 from impdiff.testing.shapes import SHAPES, T, _random_blocks, tensor_types
 
 
-def graph_gbs(weights, x, cfg, reps: int = 5) -> float:
-    """Weight GB/s of qgemv over `weights` in turn, timed as one CUDA graph replay."""
+def graph_gbs(weights, x, cfg, reps: int = 5, gemv=None) -> float:
+    """Weight GB/s of qgemv (or `gemv(w)`) over `weights` in turn, timed as one CUDA graph
+    replay."""
+    gemv = gemv or (lambda w: qgemv(x, w, config=cfg))
     for w in weights:  # compile and warm outside the capture
-        qgemv(x, w, config=cfg)
+        gemv(w)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         for w in weights:
-            qgemv(x, w, config=cfg)
+            gemv(w)
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -47,7 +55,8 @@ def main():
     ap.add_argument("--shape", default="llama3-8b")
     ap.add_argument("--mix", default="Q4_K_M,Q8_0")
     ap.add_argument("--write-table", help="JSON of the best config per shape, for "
-                                          "$IMPDIFF_GEMV_TABLE")
+                                          "$IMPDIFF_GEMV_TABLE (--kernel mma: $IMPDIFF_MMA_TABLE)")
+    ap.add_argument("--kernel", choices=("triton", "mma"), default="triton")
     ap.add_argument("--once", nargs=3, metavar=("TYPE", "ROWS", "COLS"),
                     help="run one GEMV of a random TYPE weight with the default config, for a "
                          "profiler (ncu -k regex:_qgemv_kernel)")
@@ -60,6 +69,8 @@ def main():
             qgemv(torch.randn(cols, device="cuda"), w)
         torch.cuda.synchronize()
         return
+    if args.kernel == "mma":
+        return sweep_mma(args)
     shape = SHAPES[args.shape]
     rng = np.random.default_rng(0)
     seen, table = set(), {}
@@ -94,6 +105,47 @@ def main():
             if args.write_table:  # after every shape: a sweep cut short still leaves a table
                 with open(args.write_table, "w") as f:
                     json.dump(table, f, indent=1)
+
+
+def sweep_mma(args):
+    """The tensor-core Q4_K GEMV against the Triton one, per Q4_K decode shape."""
+    shape, rng, table, seen = SHAPES[args.shape], np.random.default_rng(0), {}, set()
+    for kind, qtype, rows, cols in decode_products(tensor_types(shape, "Q4_K_M"), shape.n_layer):
+        gated = kind == "ffn_gate+ffn_up"
+        if qtype != T.Q4_K or (rows, cols, gated) in seen:
+            continue
+        seen.add((rows, cols, gated))
+        w = pack_gguf(_random_blocks(rng, qtype, rows, cols), qtype, (rows, cols), "cuda")
+        copies = [w] + [clone(w) for _ in range(200_000_000 // w.nbytes)]
+        x = torch.randn(cols, device="cuda")
+        tiles = gemv_config(w, sm_count(x.device))
+        act = shape_act(shape) if gated else None
+        triton_gbs = graph_gbs(copies, x, tiles, gemv=(
+            (lambda v: qgemv_gated(x, v, act, config=tiles)) if gated
+            else (lambda v: qgemv(x, v, config=tiles))))
+        results = []
+        for warps, row_blocks, split in itertools.product((2, 4, 8), (1, 2, 4), (1, 2, 4)):
+            if gated and split > 1 or w.tiles < 2 * split:
+                continue
+            cfg = mma_gemv.MmaConfig(warps, row_blocks, split)
+            results.append((graph_gbs(copies, x, None, gemv=lambda v: mma_gemv.gemv(
+                x, v, act=act, config=cfg)), cfg))
+        results.sort(key=lambda r: -r[0])
+        best_gbs, best = results[0]
+        key = f"q4_k{' gated' if gated else ''} {rows} {cols}"
+        if best_gbs > triton_gbs:
+            table[key] = [best.warps, best.row_blocks, best.split_k, best.min_blocks]
+        print(f"{key} ({kind}, {w.nbytes / 1e6:.1f} MB): triton {tiles} {triton_gbs:.0f} GB/s; "
+              "mma " + "; ".join(f"{c.warps}/{c.row_blocks}/{c.split_k} {g:.0f}"
+                                 for g, c in results[:4])
+              + f" -> {'mma' if key in table else 'triton'}", flush=True)
+        if args.write_table:
+            with open(args.write_table, "w") as f:
+                json.dump(table, f, indent=1)
+
+
+def shape_act(shape) -> str:
+    return "gelu_tanh" if shape.arch.startswith("gemma") else "silu"
 
 
 def decode_products(types: dict, n_layer: int) -> list[tuple[str, T, int, int]]:

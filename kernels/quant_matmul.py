@@ -39,6 +39,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import mma_gemv
 from .activation import ACTIVATIONS, activate, gated_activation
 
 __all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated", "dequantize",
@@ -478,6 +479,9 @@ def qgemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None = None,
     """
     if w.fmt.qbits == 32:
         return torch.mv(w.q, x, out=out)
+    mma = mma_gemv.choose(x, w, gated=False) if config is None else None
+    if mma:
+        return mma_gemv.gemv(x, w, out=out, config=mma)
     cfg = _config(x, w, config)
     per_split = triton.cdiv(triton.cdiv(w.tiles, cfg.split_k), cfg.tiles) * cfg.tiles
     splits = triton.cdiv(w.tiles, per_split)
@@ -498,6 +502,9 @@ def qgemv_gated(x: torch.Tensor, w: PackedWeight, act: str,
     if w.fmt.qbits == 32:
         y = qgemv(x, w)
         return gated_activation(act, y[None, :half], y[None, half:])[0]
+    mma = mma_gemv.choose(x, w, gated=True) if config is None else None
+    if mma:
+        return mma_gemv.gemv(x, w, act=act, config=mma)
     cfg = _config(x, w, config)
     cfg = replace(cfg, split_k=1, block_n=max(cfg.block_n, 2))
     out = torch.empty(half, device=x.device, dtype=torch.float32)

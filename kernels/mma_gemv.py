@@ -1,0 +1,116 @@
+"""The Q4_K decode GEMV on tensor cores: `cuda/q4k_mma_gemv.cu`, compiled at run time.
+
+It reads the planes of `quant_matmul` as they are (4-bit fields in words, u8 scales and
+offsets, each super-block's fp16 d and -dmin), so prefill, the dequantiser and the reference
+are unchanged; `quant_matmul.qgemv` and `qgemv_gated` hand it every Q4_K weight it takes. The
+Triton GEMV stays the path for the other formats, off sm_80+, without nvcc, and under
+IMPDIFF_GEMV=triton (an A/B of the two, or a bisection of the engine's own kernels).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from . import cuda_driver
+
+SOURCE = Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu"
+KERNEL_ENV = "IMPDIFF_GEMV"
+TABLE_ENV = "IMPDIFF_MMA_TABLE"
+TUNING_DIR = Path(__file__).parent / "tuning"
+F16_1024 = 0x64006400  # fp16 1024.0 in both halves
+PARTS = 3  # fp16 parts of the activation (the kernel's PARTS)
+SHARED_PER_TILE = 8 * 4 * PARTS * 16 + 8 * 4 + 4  # staged activation, group sums, scale
+ACT_CODES = {None: 0, "silu": 1, "gelu_tanh": 2}
+
+
+@dataclass(frozen=True)
+class MmaConfig:
+    warps: int  # warps a block, sharing one staged activation
+    row_blocks: int  # blocks of 8 weight rows (4 output rows when gated) a warp computes at once
+    split_k: int
+    min_blocks: int = 1  # blocks an SM must fit at once (caps the registers)
+
+
+def supported(x: torch.Tensor, w) -> bool:
+    """Whether this kernel runs `w` x: a Q4_K weight whose planes it can address, on a GPU of
+    compute capability 8.0 or later with nvcc at hand."""
+    if w.fmt.name != "q4_k" or not x.is_cuda or os.environ.get(KERNEL_ENV) == "triton":
+        return False
+    planes_ok = (w.k == w.tiles * 256 and w.n % 8 == 0 and w.s.dtype == torch.uint8
+                 and w.b.dtype == torch.uint8 and w.sd.dtype == torch.float16
+                 and all(p.stride(1) == 1 for p in w.planes()))
+    return planes_ok and _capable(x.device)
+
+
+@functools.cache
+def _capable(device: torch.device) -> bool:
+    return (torch.cuda.get_device_capability(device)[0] >= 8
+            and cuda_driver.nvcc_path() is not None)
+
+
+@functools.cache
+def _kernel(device: torch.device, cfg: MmaConfig, act: int) -> cuda_driver.Kernel:
+    major, minor = torch.cuda.get_device_capability(device)
+    image = cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
+                                      dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
+                                           MIN_BLOCKS=cfg.min_blocks, ACT=act))
+    return cuda_driver.Kernel(image, "q4k_mma_gemv", device)
+
+
+@functools.cache
+def _tuning_table() -> dict:
+    """{"q4_k 28672 4096": [warps, row_blocks, split_k, min_blocks], ...}: $IMPDIFF_MMA_TABLE,
+    else the one shipped for this GPU (tuning/<device name>.mma.json), written by
+    benchmarks/gemv_sweep.py --kernel mma --write-table."""
+    path = os.environ.get(TABLE_ENV)
+    if not path and torch.cuda.is_available():
+        shipped = TUNING_DIR / (torch.cuda.get_device_name().replace(" ", "_") + ".mma.json")
+        path = str(shipped) if shipped.is_file() else None
+    return json.loads(Path(path).read_text()) if path else {}
+
+
+def choose(x: torch.Tensor, w, gated: bool) -> MmaConfig | None:
+    """This kernel's config for W x, or None where the Triton GEMV runs it: the shapes of this
+    GPU's table (written by the sweep only where this kernel was faster), else, with no table
+    for the GPU, the gated gate/up product (the largest of a decode step, where it led on the
+    H100) at eight warps of two row blocks."""
+    if not supported(x, w) or (gated and (w.n // 2) % 4):
+        return None
+    table = _tuning_table()
+    if not table:
+        return MmaConfig(8, 2, 1) if gated else None
+    tuned = table.get(f"q4_k{' gated' if gated else ''} {w.n} {w.k}")
+    return MmaConfig(*tuned) if tuned else None
+
+
+def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = None,
+         config: MmaConfig | None = None) -> torch.Tensor:
+    """W x for one token, x [k] float32 -> [n] float32; with `act`, W = [gate; up] and the
+    result is act(gate) * up [n / 2]. A split K adds its partial sums in a fixed order."""
+    gated = act is not None
+    cfg = config or (MmaConfig(8, 2, 1) if gated else MmaConfig(4, 1, 1))
+    if gated:
+        assert cfg.split_k == 1 and (w.n // 2) % 4 == 0, "the gated epilogue needs whole rows"
+    per_split = -(-w.tiles // cfg.split_k)
+    splits = -(-w.tiles // per_split)
+    rows_out = w.n // 2 if gated else w.n
+    per_block = (4 if gated else 8) * cfg.warps * cfg.row_blocks
+    if out is None or splits > 1:
+        partial = torch.empty((splits, rows_out), device=x.device, dtype=torch.float32)
+    else:
+        partial = out.view(1, rows_out)
+    kernel = _kernel(x.device, cfg, ACT_CODES[act])
+    kernel((-(-rows_out // per_block), splits), 32 * cfg.warps, per_split * SHARED_PER_TILE,
+           torch.cuda.current_stream(x.device).cuda_stream,
+           x, partial, w.q, w.s, w.b, w.sd, w.n, w.tiles, per_split,
+           w.q.stride(0), w.s.stride(0), w.b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
+           F16_1024)
+    if splits == 1:
+        return partial.view(rows_out)
+    return torch.sum(partial, dim=0, out=out)

@@ -1,0 +1,108 @@
+"""The tensor-core Q4_K GEMV (kernels/cuda/q4k_mma_gemv.cu) against the planes' torch reference.
+
+The kernel is CUDA C, so Triton's interpreter cannot run it: off the GPU the source is compiled
+for sm_90 (nvcc ships on the CI machine) and the dispatch is checked; on a GPU every path runs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from impdiff.engine.packed import pack_gguf
+from impdiff.kernels import cuda_driver, mma_gemv
+from impdiff.kernels.activation import gated_activation
+from impdiff.kernels.quant_matmul import dequantize_reference, qgemv, qgemv_gated
+from impdiff.testing.shapes import _random_blocks
+from .test_quants import T
+
+needs_gpu = pytest.mark.skipif(
+    not torch.cuda.is_available() or cuda_driver.nvcc_path() is None
+    or torch.cuda.get_device_capability()[0] < 8, reason="needs an sm_80+ GPU and nvcc")
+
+
+def _q4k(rows: int, cols: int, device: str, seed: int = 0):
+    blocks = _random_blocks(np.random.default_rng(seed), T.Q4_K, rows, cols)
+    return pack_gguf(blocks, T.Q4_K, (rows, cols), device)
+
+
+def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
+    return ((got.double().cpu() - expected).abs().max() / expected.abs().max()).item()
+
+
+@pytest.mark.skipif(cuda_driver.nvcc_path() is None, reason="no nvcc")
+@pytest.mark.parametrize("act", [0, 1, 2])
+def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act):
+    monkeypatch.setenv(cuda_driver.CACHE_ENV, str(tmp_path))
+    defines = dict(WARPS=8, ROW_BLOCKS=2, MIN_BLOCKS=1, ACT=act)
+    image = cuda_driver.compile_cubin(mma_gemv.SOURCE, "sm_90", defines)
+    assert image[:4] == b"\x7fELF"
+    assert list(tmp_path.glob("*.cubin")), "the cubin is cached"
+    assert cuda_driver.compile_cubin(mma_gemv.SOURCE, "sm_90", defines) == image
+
+
+def test_dispatch_leaves_cpu_tensors_and_other_formats_to_triton():
+    w = _q4k(16, 256, "cpu")
+    assert mma_gemv.choose(torch.zeros(256), w, gated=False) is None
+    q8 = pack_gguf(_random_blocks(np.random.default_rng(0), T.Q8_0, 16, 256), T.Q8_0,
+                   (16, 256), "cpu")
+    assert not mma_gemv.supported(torch.zeros(256), q8)
+
+
+@needs_gpu
+@pytest.mark.parametrize("rows,cols", [(1024, 4096), (1032, 1536), (64, 256)])
+@pytest.mark.parametrize("config", [(4, 1, 1), (2, 4, 1), (4, 1, 4), (8, 2, 2)],
+                         ids=lambda c: "/".join(map(str, c)))
+@pytest.mark.parametrize("scale", [1.0, 3e4, 1e-5])
+def test_gemv_matches_reference_product(rows, cols, config, scale):
+    """Odd row counts leave the last warp's row blocks past the end; split K adds partial
+    sums; large and tiny activations exercise the per-super-block power-of-two scale."""
+    w = _q4k(rows, cols, "cuda", seed=rows)
+    x = torch.randn(cols, device="cuda", generator=torch.Generator("cuda").manual_seed(1)) * scale
+    x[:256] = 0.0  # a super-block of zeros (scale 1)
+    expected = dequantize_reference(w).double().cpu() @ x.double().cpu()
+    got = mma_gemv.gemv(x, w, config=mma_gemv.MmaConfig(*config))
+    # three fp16 parts keep ~33 bits of each activation: float32 rounding of the sums
+    assert _rel_err(got, expected) < 2e-6
+
+
+@needs_gpu
+@pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
+@pytest.mark.parametrize("config", [(8, 2, 1), (2, 4, 1)], ids=lambda c: "/".join(map(str, c)))
+def test_gated_epilogue_matches_reference(act, config):
+    w = _q4k(2 * 1028, 2048, "cuda", seed=3)  # [gate; up], 1028 output rows: a partial block
+    x = torch.randn(2048, device="cuda", generator=torch.Generator("cuda").manual_seed(4))
+    y = (dequantize_reference(w).double() @ x.double()).float()
+    expected = gated_activation(act, y[None, :1028], y[None, 1028:])[0].double().cpu()
+    got = mma_gemv.gemv(x, w, act=act, config=mma_gemv.MmaConfig(*config))
+    assert _rel_err(got, expected) < 2e-6
+
+
+@pytest.fixture
+def table(tmp_path, monkeypatch):
+    """A tuning table of our own in place of the GPU's shipped one."""
+    path = tmp_path / "table.mma.json"
+    path.write_text('{"q4_k gated 1024 1024": [4, 1, 1, 1]}')
+    monkeypatch.setenv(mma_gemv.TABLE_ENV, str(path))
+    mma_gemv._tuning_table.cache_clear()
+    yield
+    mma_gemv._tuning_table.cache_clear()
+
+
+@needs_gpu
+def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
+    w = _q4k(2 * 512, 1024, "cuda", seed=5)
+    x = torch.randn(1024, device="cuda")
+    assert mma_gemv.choose(x, w, gated=True) == mma_gemv.MmaConfig(4, 1, 1, 1)
+    assert mma_gemv.choose(x, w, gated=False) is None  # not in the table: Triton    eager = qgemv_gated(x, w, "silu")
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        captured = qgemv_gated(x, w, "silu")
+    graph.replay()
+    torch.cuda.synchronize()
+    assert torch.equal(captured, eager)
+    monkeypatch.setenv(mma_gemv.KERNEL_ENV, "triton")
+    assert mma_gemv.choose(x, w, gated=True) is None
+    assert _rel_err(qgemv_gated(x, w, "silu"), eager.double().cpu()) < 1e-5
+    assert _rel_err(qgemv(x, w), (dequantize_reference(w).double() @ x.double()).cpu()) < 1e-5
