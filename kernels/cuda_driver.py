@@ -104,12 +104,25 @@ class Kernel:
                f"cuModuleGetFunction({name})")
         self.name, self._shared_limit = name, 48 * 1024
 
-    def __call__(self, grid: tuple[int, int], threads: int, shared: int, stream: int, *args):
-        lib = _libcuda()
+    def _allow_shared(self, shared: int):
         if shared > self._shared_limit:  # above 48 KB a kernel must opt in
-            _check(lib.cuFuncSetAttribute(self._fn, _MAX_DYNAMIC_SHARED, shared),
+            _check(_libcuda().cuFuncSetAttribute(self._fn, _MAX_DYNAMIC_SHARED, shared),
                    f"{self.name}: {shared} bytes of shared memory")
             self._shared_limit = shared
+
+    @functools.lru_cache(maxsize=64)
+    def blocks_per_sm(self, threads: int, shared: int) -> int:
+        """How many blocks of this shape an SM holds at once (registers, shared memory)."""
+        self._allow_shared(shared)
+        count = ctypes.c_int()
+        _check(_libcuda().cuOccupancyMaxActiveBlocksPerMultiprocessor(
+            ctypes.byref(count), self._fn, threads, ctypes.c_size_t(shared)),
+            "cuOccupancyMaxActiveBlocksPerMultiprocessor")
+        return count.value
+
+    def __call__(self, grid: tuple[int, int], threads: int, shared: int, stream: int, *args):
+        lib = _libcuda()
+        self._allow_shared(shared)
         values = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor)
                   else ctypes.c_float(a) if isinstance(a, float) else ctypes.c_int(a)
                   for a in args]

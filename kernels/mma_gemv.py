@@ -89,6 +89,11 @@ def choose(x: torch.Tensor, w, gated: bool) -> MmaConfig | None:
     return MmaConfig(*tuned) if tuned else None
 
 
+@functools.cache
+def _sm_count(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = None,
          config: MmaConfig | None = None) -> torch.Tensor:
     """W x for one token, x [k] float32 -> [n] float32; with `act`, W = [gate; up] and the
@@ -100,13 +105,17 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
     per_split = -(-w.tiles // cfg.split_k)
     splits = -(-w.tiles // per_split)
     rows_out = w.n // 2 if gated else w.n
-    per_block = (4 if gated else 8) * cfg.warps * cfg.row_blocks
+    tasks = -(-rows_out // ((4 if gated else 8) * cfg.row_blocks))
     if out is None or splits > 1:
         partial = torch.empty((splits, rows_out), device=x.device, dtype=torch.float32)
     else:
         partial = out.view(1, rows_out)
     kernel = _kernel(x.device, cfg, ACT_CODES[act])
-    kernel((-(-rows_out // per_block), splits), 32 * cfg.warps, per_split * SHARED_PER_TILE,
+    shared = per_split * SHARED_PER_TILE
+    # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
+    resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * _sm_count(x.device)
+    blocks = max(1, min(-(-tasks // cfg.warps), resident // splits))
+    kernel((blocks, splits), 32 * cfg.warps, shared,
            torch.cuda.current_stream(x.device).cuda_stream,
            x, partial, w.q, w.s, w.b, w.sd, w.n, w.tiles, per_split,
            w.q.stride(0), w.s.stride(0), w.b.stride(0), w.sd.stride(0) // 2, float(w.alpha),

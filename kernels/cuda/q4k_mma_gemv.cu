@@ -145,26 +145,34 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   constexpr int STEP = 8;
   const int rows_out = n;
 #endif
-  // The warp's row blocks go through the super-blocks side by side, so each staged activation
-  // fragment is read once for all of them (shared memory was the busiest unit, read once per
-  // row block); a block past the end recomputes the last one and stores nothing. The first
-  // super-block's weights load while the activation is staged.
+  // A warp's task is ROW_BLOCKS row blocks, which go through the super-blocks side by side so
+  // that each staged activation fragment is read once for all of them (shared memory was the
+  // busiest unit, read once per row block); a row block past the end recomputes the last one
+  // and stores nothing. The grid holds as many blocks as the SMs run at once and each warp
+  // takes every (grid warps)-th task: SMs end with equal shares where a block per set of rows
+  // left some SMs two blocks and others one, and the activation is staged once per block.
+  const int tasks = (rows_out + STEP * ROW_BLOCKS - 1) / (STEP * ROW_BLOCKS);
+  const int task_stride = gridDim.x * WARPS;
+  int task = blockIdx.x * WARPS + warp, first0;
   int row[ROW_BLOCKS];
   Stage ring[ROW_BLOCKS];  // each row block's next super-block, loading during this one
   float tot0[ROW_BLOCKS], tot1[ROW_BLOCKS], mins[ROW_BLOCKS];
-  const int first0 = (blockIdx.x * WARPS + warp) * ROW_BLOCKS * STEP;
+  auto start = [&](int next_task) {  // a task's rows and its first super-block's loads
+    first0 = next_task * ROW_BLOCKS * STEP;
 #pragma unroll
-  for (int r = 0; r < ROW_BLOCKS; r++) {
-    const int first = min(first0 + r * STEP, rows_out - STEP);
+    for (int r = 0; r < ROW_BLOCKS; r++) {
+      const int first = min(first0 + r * STEP, rows_out - STEP);
 #if ACT
-    row[r] = g < 4 ? first + g : n / 2 + first + g - 4;
+      row[r] = g < 4 ? first + g : n / 2 + first + g - 4;
 #else
-    row[r] = first + g;
+      row[r] = first + g;
 #endif
-    ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd, t_lo, c,
-                         pol);
-    tot0[r] = tot1[r] = mins[r] = 0.0f;
-  }
+      ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd, t_lo,
+                           c, pol);
+      tot0[r] = tot1[r] = mins[r] = 0.0f;
+    }
+  };
+  if (task < tasks) start(task);  // loading while the activation is staged
   // stage the activation: a warp per super-block, lane = word position (see Stage)
   for (int tt = warp; tt < nt; tt += WARPS) {
     const float* xt = x + (size_t)(t_lo + tt) * 256;
@@ -211,6 +219,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   }
   __syncthreads();
 
+  for (; task < tasks; task += task_stride) {
   for (int tt = 0; tt < nt; tt++) {
     uint4 a[8];
     const uint4* xt = xa + (tt * 8 * 4 + c) * PARTS + part;
@@ -276,5 +285,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
 #else
     if (stores) out[(size_t)blockIdx.y * n + row[r]] = val * alpha;
 #endif
+  }
+  if (task + task_stride < tasks) start(task + task_stride);
   }
 }
