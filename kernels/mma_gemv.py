@@ -25,14 +25,7 @@ TABLE_ENV = "IMPDIFF_MMA_TABLE"
 TUNING_DIR = Path(__file__).parent / "tuning"
 F16_1024 = 0x64006400  # fp16 1024.0 in both halves
 PARTS = 3  # fp16 parts of the activation (the kernel's PARTS)
-SLOT_BYTES = 48  # a lane's staged share of a row's super-block (the kernel's SLOT_VECS * 16)
-
-
-def shared_bytes(cfg: "MmaConfig", tiles: int) -> int:
-    """The kernel's shared memory: the staged activation (fp16 parts, group sums, scales) of
-    `tiles` super-blocks, then each warp's slots for the weights in flight."""
-    staged = tiles * (8 * 4 * PARTS * 16 + 8 * 4) + 4 * (-(-tiles // 4) * 4)
-    return staged + cfg.warps * cfg.stages * cfg.row_blocks * 32 * SLOT_BYTES
+SHARED_PER_TILE = 8 * 4 * PARTS * 16 + 8 * 4 + 4  # staged activation, group sums, scale
 ACT_CODES = {None: 0, "silu": 1, "gelu_tanh": 2}
 
 
@@ -41,7 +34,7 @@ class MmaConfig:
     warps: int  # warps a block, sharing one staged activation
     row_blocks: int  # blocks of 8 weight rows (4 output rows when gated) a warp computes at once
     split_k: int
-    stages: int = 4  # super-blocks of each row block a warp has in flight (cp.async)
+    min_blocks: int = 1  # blocks an SM must fit at once (caps the registers)
 
 
 def supported(x: torch.Tensor, w) -> bool:
@@ -66,13 +59,13 @@ def _kernel(device: torch.device, cfg: MmaConfig, act: int) -> cuda_driver.Kerne
     major, minor = torch.cuda.get_device_capability(device)
     image = cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
                                       dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
-                                           STAGES=cfg.stages, ACT=act))
+                                           MIN_BLOCKS=cfg.min_blocks, ACT=act))
     return cuda_driver.Kernel(image, "q4k_mma_gemv", device)
 
 
 @functools.cache
 def _tuning_table() -> dict:
-    """{"q4_k 28672 4096": [warps, row_blocks, split_k, stages], ...}: $IMPDIFF_MMA_TABLE,
+    """{"q4_k 28672 4096": [warps, row_blocks, split_k, min_blocks], ...}: $IMPDIFF_MMA_TABLE,
     else the one shipped for this GPU (tuning/<device name>.mma.json), written by
     benchmarks/gemv_sweep.py --kernel mma --write-table."""
     path = os.environ.get(TABLE_ENV)
@@ -118,7 +111,7 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
     else:
         partial = out.view(1, rows_out)
     kernel = _kernel(x.device, cfg, ACT_CODES[act])
-    shared = shared_bytes(cfg, per_split)
+    shared = per_split * SHARED_PER_TILE
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
     resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * _sm_count(x.device)
     blocks = max(1, min(-(-tasks // cfg.warps), resident // splits))

@@ -26,8 +26,8 @@
 #ifndef ROW_BLOCKS
 #define ROW_BLOCKS 1  // blocks of 8 rows a warp computes side by side
 #endif
-#ifndef STAGES
-#define STAGES 4  // super-blocks of each row block a warp has in flight (>= 2)
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1  // blocks an SM must hold at once: caps the registers a thread gets
 #endif
 #ifndef ACT
 #define ACT 0  // 0: plain; 1 silu, 2 gelu_tanh: [gate; up] rows in, act(gate) * up out
@@ -71,27 +71,13 @@ __device__ __forceinline__ void mma(float (&acc)[4], const uint4& a, uint32_t b0
       : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b01), "r"(b23));
 }
 
-// Weights stream into shared memory by cp.async, STAGES super-blocks ahead of their use, so the
-// bytes in flight hold no registers (a register ring one super-block deep left the SMs short
-// of loads in flight at the occupancy its registers allowed). Each lane copies and later reads
-// only its own bytes, so waiting on its own copies is the only synchronisation.
-__device__ __forceinline__ void copy16(void* dst, const void* src, uint64_t policy) {
-  // weights are read once a token: past L1, first out of L2
-  asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;"
-               :: "r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src), "l"(policy));
-}
-
-template <int BYTES>
-__device__ __forceinline__ void copy_small(void* dst, const void* src) {
-  asm volatile("cp.async.ca.shared.global [%0], [%1], %2;"
-               :: "r"((uint32_t)__cvta_generic_to_shared(dst)), "l"(src), "n"(BYTES));
-}
-
-__device__ __forceinline__ void commit() { asm volatile("cp.async.commit_group;"); }
-
-template <int PENDING>
-__device__ __forceinline__ void wait_copies() {
-  asm volatile("cp.async.wait_group %0;" :: "n"(PENDING));
+// weights are read once a token: past L1, first out of L2
+__device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p), "l"(policy));
+  return r;
 }
 
 __device__ __forceinline__ uint32_t f16_pair(float lo, float hi) {
@@ -108,12 +94,31 @@ __device__ __forceinline__ float activate(float g) {
 #endif
 }
 
-// A lane's share of one row's super-block, as staged: the row's words 4c..4c+3 and
-// 16+4c..16+4c+3 (four lanes read 64 contiguous bytes per copy), then the 8 group scales (u8),
-// the fp16 d and -dmin, and the u8 offsets of groups 4(c/2)..4(c/2)+3 (of which 2c, 2c+1 count).
-#define SLOT_VECS 3
+struct Stage {  // one super-block's operands, loaded ahead of their use
+  uint4 w0, w1;   // the row's words 4c..4c+3 and 16+4c..16+4c+3
+  uint2 s;        // the 8 group scales (u8)
+  uint32_t dd;    // fp16 d, -dmin
+  uint32_t m;     // the group offsets 2c, 2c+1 (u8 each, low half)
+};
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
+// A row's four lanes read 64 contiguous bytes per load (whole 32-byte sectors: a lane reading
+// two 16-byte halves of one sector in two loads had every sector fetched twice from L2).
+__device__ __forceinline__ Stage load_stage(const uint32_t* q, const uint8_t* s,
+                                            const uint8_t* b, const uint32_t* sd, int row,
+                                            int stride_q, int stride_s, int stride_b,
+                                            int stride_sd, int t, int c, uint64_t pol) {
+  const uint4* qt = reinterpret_cast<const uint4*>(q + (size_t)row * stride_q) + t * 8 + c;
+  const uint8_t* st_s = s + (size_t)row * stride_s + t * 8;
+  Stage st;
+  st.w0 = load_stream(qt, pol);
+  st.w1 = load_stream(qt + 4, pol);
+  st.s = *reinterpret_cast<const uint2*>(st_s);
+  st.dd = sd[(size_t)row * stride_sd + t];
+  st.m = *reinterpret_cast<const uint16_t*>(b + (size_t)row * stride_b + t * 8 + 2 * c);
+  return st;
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
 q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_t* __restrict__ q,
              const uint8_t* __restrict__ s, const uint8_t* __restrict__ b,
              const uint32_t* __restrict__ sd, int n, int tiles, int tiles_per_split,
@@ -148,43 +153,26 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   // left some SMs two blocks and others one, and the activation is staged once per block.
   const int tasks = (rows_out + STEP * ROW_BLOCKS - 1) / (STEP * ROW_BLOCKS);
   const int task_stride = gridDim.x * WARPS;
-  auto row_of = [&](int task, int r) {
-    const int first = min((task * ROW_BLOCKS + r) * STEP, rows_out - STEP);
+  int task = blockIdx.x * WARPS + warp, first0;
+  int row[ROW_BLOCKS];
+  Stage ring[ROW_BLOCKS];  // each row block's next super-block, loading during this one
+  float tot0[ROW_BLOCKS], tot1[ROW_BLOCKS], mins[ROW_BLOCKS];
+  auto start = [&](int next_task) {  // a task's rows and its first super-block's loads
+    first0 = next_task * ROW_BLOCKS * STEP;
+#pragma unroll
+    for (int r = 0; r < ROW_BLOCKS; r++) {
+      const int first = min(first0 + r * STEP, rows_out - STEP);
 #if ACT
-    return g < 4 ? first + g : n / 2 + first + g - 4;
+      row[r] = g < 4 ? first + g : n / 2 + first + g - 4;
 #else
-    return first + g;
+      row[r] = first + g;
 #endif
-  };
-  uint4* slots = reinterpret_cast<uint4*>(inv + ((nt + 3) & ~3)) +
-                 warp * STAGES * ROW_BLOCKS * 32 * SLOT_VECS;
-  // the copies run through (task, super-block) items in order, STAGES - 1 ahead of their use
-  int p_task = blockIdx.x * WARPS + warp, p_tt = 0, p_slot = 0;
-  auto issue = [&]() {
-    if (p_task < tasks) {
-      const int t = t_lo + p_tt;
-#pragma unroll
-      for (int r = 0; r < ROW_BLOCKS; r++) {
-        const int row = row_of(p_task, r);
-        uint4* slot = slots + ((p_slot * ROW_BLOCKS + r) * 32 + lane) * SLOT_VECS;
-        const uint4* qt = reinterpret_cast<const uint4*>(q + (size_t)row * stride_q) + t * 8 + c;
-        copy16(slot, qt, pol);
-        copy16(slot + 1, qt + 4, pol);
-        uint32_t* small = reinterpret_cast<uint32_t*>(slot + 2);
-        copy_small<8>(small, s + (size_t)row * stride_s + t * 8);
-        copy_small<4>(small + 2, sd + (size_t)row * stride_sd + t);
-        copy_small<4>(small + 3, b + (size_t)row * stride_b + t * 8 + 4 * (c >> 1));
-      }
-    }
-    commit();  // an empty group past the end keeps the count of groups in flight uniform
-    p_slot = p_slot + 1 == STAGES ? 0 : p_slot + 1;
-    if (++p_tt == nt) {
-      p_tt = 0;
-      p_task += task_stride;
+      ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd, t_lo,
+                           c, pol);
+      tot0[r] = tot1[r] = mins[r] = 0.0f;
     }
   };
-#pragma unroll
-  for (int k = 0; k < STAGES - 1; k++) issue();  // in flight while the activation is staged
+  if (task < tasks) start(task);  // loading while the activation is staged
   // stage the activation: a warp per super-block, lane = word position (see Stage)
   for (int tt = warp; tt < nt; tt += WARPS) {
     const float* xt = x + (size_t)(t_lo + tt) * 256;
@@ -231,13 +219,8 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   }
   __syncthreads();
 
-  float tot0[ROW_BLOCKS], tot1[ROW_BLOCKS], mins[ROW_BLOCKS];
-#pragma unroll
-  for (int r = 0; r < ROW_BLOCKS; r++) tot0[r] = tot1[r] = mins[r] = 0.0f;
-  int c_slot = 0, tt = 0;
-  for (int task = blockIdx.x * WARPS + warp; task < tasks;) {
-    wait_copies<STAGES - 2>();  // this item's copies have landed
-    issue();                    // into the slot the previous item freed
+  for (; task < tasks; task += task_stride) {
+  for (int tt = 0; tt < nt; tt++) {
     uint4 a[8];
     const uint4* xt = xa + (tt * 8 * 4 + c) * PARTS + part;
 #pragma unroll
@@ -246,18 +229,21 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
     const float2 sums = reinterpret_cast<const float2*>(xs)[tt * 4 + c];
 #pragma unroll
     for (int r = 0; r < ROW_BLOCKS; r++) {
-      const uint4* slot = slots + ((c_slot * ROW_BLOCKS + r) * 32 + lane) * SLOT_VECS;
-      const uint4 w0 = slot[0], w1 = slot[1], small = slot[2];
+      const Stage cur = ring[r];
+      if (tt + 1 < nt)
+        ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd,
+                             t_lo + tt + 1, c, pol);
       // (s_p, s_p+4) as fp16 pairs; odd fields sit 4 bits up, so their scale is s / 16
       uint32_t S[4], O[4];
 #pragma unroll
       for (int p = 0; p < 4; p++) {
-        const uint32_t pick = __byte_perm(small.x, small.y, p | (p << 4) | ((4 + p) << 8));
+        const uint32_t pick = __byte_perm(cur.s.x, cur.s.y, p | (p << 4) | ((4 + p) << 8));
         S[p] = hsub2(and_or<0x00ff00ffu>(pick, f16_1024), f16_1024);
         if (p & 1) S[p] = hmul2(S[p], 0x2C002C00u);   // 1/16
         O[p] = hmul2(S[p], 0xE400E400u);              // -1024 s
       }
-      const uint32_t words[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
+      const uint32_t words[8] = {cur.w0.x, cur.w0.y, cur.w0.z, cur.w0.w,
+                                 cur.w1.x, cur.w1.y, cur.w1.z, cur.w1.w};
       float lo[4] = {0.0f, 0.0f, 0.0f, 0.0f}, hi[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int i = 0; i < 8; i++) {
@@ -270,41 +256,36 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
         mma(hi, a[i], b2, b3);  // rows g + 8: pairs (2,6), (3,7); rows g discarded
       }
       // this super-block's d for the rows of the accumulator (2c, 2c+1), and the offsets
-      const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&small.z));
+      const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&cur.dd));
       const float d0 = __shfl_sync(FULL, dm.x, (2 * c) << 2);
       const float d1 = __shfl_sync(FULL, dm.x, (2 * c + 1) << 2);
       tot0[r] = fmaf(lo[0] + hi[2], d0 * iv, tot0[r]);
       tot1[r] = fmaf(lo[1] + hi[3], d1 * iv, tot1[r]);
-      const uint32_t m = small.w >> (16 * (c & 1));  // offsets of groups 2c, 2c+1
-      mins[r] = fmaf(dm.y, (float)(m & 0xff) * sums.x + (float)((m >> 8) & 0xff) * sums.y,
+      mins[r] = fmaf(dm.y, (float)(cur.m & 0xff) * sums.x + (float)(cur.m >> 8) * sums.y,
                      mins[r]);
     }
-    c_slot = c_slot + 1 == STAGES ? 0 : c_slot + 1;
-    if (++tt < nt) continue;
-#pragma unroll
-    for (int r = 0; r < ROW_BLOCKS; r++) {
-      // parts (g) into one sum per accumulator row, offsets (c) into one per weight row
-      float t0 = g < PARTS ? tot0[r] : 0.0f, t1 = g < PARTS ? tot1[r] : 0.0f, m = mins[r];
-#pragma unroll
-      for (int o = 4; o < 32; o <<= 1) {
-        t0 += __shfl_xor_sync(FULL, t0, o);
-        t1 += __shfl_xor_sync(FULL, t1, o);
-      }
-      m += __shfl_xor_sync(FULL, m, 1);
-      m += __shfl_xor_sync(FULL, m, 2);
-      const float even = __shfl_sync(FULL, t0, g >> 1), odd = __shfl_sync(FULL, t1, g >> 1);
-      const float val = ((g & 1) ? odd : even) + m;
-      const bool stores = (task * ROW_BLOCKS + r) * STEP < rows_out && c == 0;
-#if ACT
-      const float up = __shfl_sync(FULL, val, lane + 16);
-      if (stores && g < 4) out[row_of(task, r)] = activate(val * alpha) * (up * alpha);
-#else
-      if (stores) out[(size_t)blockIdx.y * n + row_of(task, r)] = val * alpha;
-#endif
-      tot0[r] = tot1[r] = mins[r] = 0.0f;
-    }
-    tt = 0;
-    task += task_stride;
   }
-  wait_copies<0>();  // no copy outlives the block
+#pragma unroll
+  for (int r = 0; r < ROW_BLOCKS; r++) {
+    // parts (g) into one sum per accumulator row, offsets (c) into one per weight row
+    float t0 = g < PARTS ? tot0[r] : 0.0f, t1 = g < PARTS ? tot1[r] : 0.0f, m = mins[r];
+#pragma unroll
+    for (int o = 4; o < 32; o <<= 1) {
+      t0 += __shfl_xor_sync(FULL, t0, o);
+      t1 += __shfl_xor_sync(FULL, t1, o);
+    }
+    m += __shfl_xor_sync(FULL, m, 1);
+    m += __shfl_xor_sync(FULL, m, 2);
+    const float even = __shfl_sync(FULL, t0, g >> 1), odd = __shfl_sync(FULL, t1, g >> 1);
+    const float val = ((g & 1) ? odd : even) + m;
+    const bool stores = first0 + r * STEP < rows_out && c == 0;
+#if ACT
+    const float up = __shfl_sync(FULL, val, lane + 16);
+    if (stores && g < 4) out[row[r]] = activate(val * alpha) * (up * alpha);
+#else
+    if (stores) out[(size_t)blockIdx.y * n + row[r]] = val * alpha;
+#endif
+  }
+  if (task + task_stride < tasks) start(task + task_stride);
+  }
 }
