@@ -34,7 +34,6 @@ class MmaConfig:
     warps: int  # warps a block, sharing one staged activation
     row_blocks: int  # blocks of 8 weight rows (4 output rows when gated) a warp computes at once
     split_k: int
-    prefetch: int = 0  # super-blocks of weights asked into L2 ahead of the register loads
     min_blocks: int = 1  # blocks an SM must fit at once (caps the registers)
 
 
@@ -60,13 +59,13 @@ def _kernel(device: torch.device, cfg: MmaConfig, act: int) -> cuda_driver.Kerne
     major, minor = torch.cuda.get_device_capability(device)
     image = cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
                                       dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
-                                           PREFETCH=cfg.prefetch, MIN_BLOCKS=cfg.min_blocks, ACT=act))
+                                           MIN_BLOCKS=cfg.min_blocks, ACT=act))
     return cuda_driver.Kernel(image, "q4k_mma_gemv", device)
 
 
 @functools.cache
 def _tuning_table() -> dict:
-    """{"q4_k 28672 4096": [warps, row_blocks, split_k, prefetch, min_blocks], ...}: $IMPDIFF_MMA_TABLE,
+    """{"q4_k 28672 4096": [warps, row_blocks, split_k, min_blocks], ...}: $IMPDIFF_MMA_TABLE,
     else the one shipped for this GPU (tuning/<device name>.mma.json), written by
     benchmarks/gemv_sweep.py --kernel mma --write-table."""
     path = os.environ.get(TABLE_ENV)

@@ -26,9 +26,6 @@
 #ifndef ROW_BLOCKS
 #define ROW_BLOCKS 1  // blocks of 8 rows a warp computes side by side
 #endif
-#ifndef PREFETCH
-#define PREFETCH 0  // super-blocks a row's weights are asked into L2 ahead of the register loads
-#endif
 #ifndef MIN_BLOCKS
 #define MIN_BLOCKS 1  // blocks an SM must hold at once: caps the registers a thread gets
 #endif
@@ -81,13 +78,6 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
                : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
                : "l"(p), "l"(policy));
   return r;
-}
-
-// The register loads keep one super-block in flight per row block (more would cost the
-// occupancy that hides them); an L2 prefetch holds no register, so the DRAM reads can run
-// further ahead and the register loads meet L2.
-__device__ __forceinline__ void prefetch_l2(const void* p) {
-  asm volatile("prefetch.global.L2 [%0];" :: "l"(p));
 }
 
 __device__ __forceinline__ uint32_t f16_pair(float lo, float hi) {
@@ -180,9 +170,6 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
       ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd, t_lo,
                            c, pol);
       tot0[r] = tot1[r] = mins[r] = 0.0f;
-#pragma unroll
-      for (int k = 1; k <= PREFETCH; k++)  // a row's super-block is one 128-byte line
-        if (c == 0 && k < nt) prefetch_l2(q + (size_t)row[r] * stride_q + (t_lo + k) * 32);
     }
   };
   if (task < tasks) start(task);  // loading while the activation is staged
@@ -246,8 +233,6 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
       if (tt + 1 < nt)
         ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd,
                              t_lo + tt + 1, c, pol);
-      if (PREFETCH && c == 0 && tt + 1 + PREFETCH < nt)
-        prefetch_l2(q + (size_t)row[r] * stride_q + (t_lo + tt + 1 + PREFETCH) * 32);
       // (s_p, s_p+4) as fp16 pairs; odd fields sit 4 bits up, so their scale is s / 16
       uint32_t S[4], O[4];
 #pragma unroll
