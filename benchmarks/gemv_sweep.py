@@ -134,7 +134,7 @@ def sweep_mma(args):
         best_gbs, best = results[0]
         key = f"q4_k{' gated' if gated else ''} {rows} {cols}"
         if best_gbs > triton_gbs:
-            table[key] = [best.warps, best.row_blocks, best.split_k, best.min_blocks]
+            table[key] = [best.warps, best.row_blocks, best.split_k]
         print(f"{key} ({kind}, {w.nbytes / 1e6:.1f} MB): triton {tiles} {triton_gbs:.0f} GB/s; "
               "mma " + "; ".join(f"{c.warps}/{c.row_blocks}/{c.split_k} {g:.0f}"
                                  for g, c in results[:4])

@@ -35,7 +35,7 @@ def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
 @pytest.mark.parametrize("act", [0, 1, 2])
 def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act):
     monkeypatch.setenv(cuda_driver.CACHE_ENV, str(tmp_path))
-    defines = dict(WARPS=8, ROW_BLOCKS=2, MIN_BLOCKS=1, ACT=act)
+    defines = dict(WARPS=8, ROW_BLOCKS=2, ACT=act)
     image = cuda_driver.compile_cubin(mma_gemv.SOURCE, "sm_90", defines)
     assert image[:4] == b"\x7fELF"
     assert list(tmp_path.glob("*.cubin")), "the cubin is cached"
@@ -84,7 +84,7 @@ def test_gated_epilogue_matches_reference(act, config):
 def table(tmp_path, monkeypatch):
     """A tuning table of our own in place of the GPU's shipped one."""
     path = tmp_path / "table.mma.json"
-    path.write_text('{"q4_k gated 1024 1024": [4, 1, 1, 1]}')
+    path.write_text('{"q4_k gated 1024 1024": [4, 2, 1]}')
     monkeypatch.setenv(mma_gemv.TABLE_ENV, str(path))
     mma_gemv._tuning_table.cache_clear()
     yield
@@ -95,7 +95,7 @@ def table(tmp_path, monkeypatch):
 def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
     w = _q4k(2 * 512, 1024, "cuda", seed=5)
     x = torch.randn(1024, device="cuda")
-    assert mma_gemv.choose(x, w, gated=True) == mma_gemv.MmaConfig(4, 1, 1, 1)
+    assert mma_gemv.choose(x, w, gated=True) == mma_gemv.MmaConfig(4, 2, 1)
     assert mma_gemv.choose(x, w, gated=False) is None  # not in the table: Triton
     eager = qgemv_gated(x, w, "silu")
     graph = torch.cuda.CUDAGraph()

@@ -1,21 +1,23 @@
 // One-token GEMV over Q4_K planes on tensor cores (launcher and layout contract: mma_gemv.py).
 //
-// Why tensor cores for a GEMV: the CUDA-core GEMV spends ~4.8 instructions a weight value and is
-// issue-bound at ~60% of the H100's bandwidth. Here a value costs about one: the 4-bit fields go
-// into the mantissa of fp16 1024 with one logic op per two values, and one fp16 FMA per two
-// turns (1024 + q) into q * s, exact (q * s <= 15 * 63 < 2048); the products and sums then run
-// in the mma, in float32. The activation enters as three fp16 parts (x = x1 + x2 + x3 after a
-// power-of-two scale per super-block, ~33 bits) in three rows of the mma's A operand, so the
-// result keeps float32's precision; the other rows are zero and cost nothing that binds.
+// Why tensor cores for a GEMV: the CUDA-core GEMV spends ~4.8 instructions a weight value in
+// its loop. Here the 4-bit fields go into the mantissa of fp16 1024 with one logic op per two
+// values, and one fp16 FMA per two turns (1024 + q) into q * s, exact (q * s <= 15 * 63 <
+// 2048); the products and sums then run in the mma, in float32 (the loop: ~2.7 instructions a
+// value, sm_90 SASS). The activation enters as three fp16 parts (x = x1 + x2 + x3 after a
+// power-of-two scale per super-block, ~33 bits) in rows 0-2 of the mma's A operand, so the
+// result keeps float32's precision.
 //
 // Operands of mma.m16n8k16 (row.col): B = weights, its 8 columns = 8 weight rows, a warp's
 // lane (g, c) = (lane / 4, lane % 4) holding row g's k-slots 2c, 2c+1 (b0b1) and 2c+8, 2c+9
-// (b2b3); A = the activation parts, lane (g, c) holding part g (g < 3) at the same k-slots.
-// The reduction order within an mma is free, so a k-slot is whichever value the lane's word
-// yields: thread c of a row reads words 8c..8c+7 of each super-block, and word w gives the
-// field pairs (j, j + 4) of groups j, j + 4 at position w: chunk 2i takes pairs (0,4), (1,5)
-// of its i-th word, chunk 2i+1 pairs (2,6), (3,7). The activation parts are staged in shared
-// memory once per block in exactly that order.
+// (b2b3); A = the activation parts, lane (g, c) holding part g at the same k-slots in rows g
+// and g + 8. The reduction order within an mma is free, so a k-slot is whichever value the
+// lane's word yields: lane c of a row reads words 4c..4c+3 and 16+4c..16+4c+3 of each
+// super-block (its i-th word), and a word w gives the field pairs (j, j + 4) of groups j, j + 4
+// at position w. One A fragment serves two mmas: rows g take pairs (0,4), (1,5) of word i with
+// the first, rows g + 8 pairs (2,6), (3,7) with the second; the other rows of each result are
+// discarded, as are the rows of lanes g >= 3. The activation parts are staged in shared memory
+// once per block in exactly that order.
 
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -26,16 +28,12 @@
 #ifndef ROW_BLOCKS
 #define ROW_BLOCKS 1  // blocks of 8 rows a warp computes side by side
 #endif
-#ifndef MIN_BLOCKS
-#define MIN_BLOCKS 1  // blocks an SM must hold at once: caps the registers a thread gets
-#endif
 #ifndef ACT
 #define ACT 0  // 0: plain; 1 silu, 2 gelu_tanh: [gate; up] rows in, act(gate) * up out
 #endif
 
 #define FULL 0xffffffffu
 #define PARTS 3  // fp16 parts of the activation
-#define TILE_BYTES (8 * 4 * PARTS * 16)
 
 __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
   uint32_t d;
@@ -118,7 +116,7 @@ __device__ __forceinline__ Stage load_stage(const uint32_t* q, const uint8_t* s,
   return st;
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
 q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_t* __restrict__ q,
              const uint8_t* __restrict__ s, const uint8_t* __restrict__ b,
              const uint32_t* __restrict__ sd, int n, int tiles, int tiles_per_split,
