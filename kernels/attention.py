@@ -16,6 +16,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import pdl_options, release_dependents, wait_inputs
+
 from .quant_matmul import sm_count
 
 
@@ -25,7 +27,9 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, m_ptr, l_ptr,
                       stride_qt, stride_qh, stride_kt, stride_kh, stride_vt, stride_vh,
                       stride_os, stride_ot, stride_oh, stride_ms,
                       GROUP: tl.constexpr, D: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr, SPLITS: tl.constexpr):
+                      BLOCK_N: tl.constexpr, SOFTCAP: tl.constexpr, SPLITS: tl.constexpr,
+                      PDL: tl.constexpr = False):
+    wait_inputs(PDL)
     pid_m = tl.program_id(0)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
@@ -70,6 +74,7 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, m_ptr, l_ptr,
         m_i = m_new
 
     o = o_ptr + split * stride_os + qi[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
+    release_dependents(PDL)  # late: a successor's early blocks would take a prefill's SMs
     if SPLITS == 1:
         tl.store(o, acc / l_i[:, None], mask=rmask[:, None])
     else:  # unnormalised, with its running max and sum, for the merge
@@ -109,7 +114,8 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             v_cache.stride(0), v_cache.stride(1), out.stride(0), out.stride(1),
                             out.stride(2), m.stride(0) if splits > 1 else 0,
                             GROUP=group, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
-                            SOFTCAP=softcap > 0, SPLITS=splits, num_warps=4)
+                            SOFTCAP=softcap > 0, SPLITS=splits, num_warps=4,
+                            **pdl_options(q.device))
     if splits == 1:
         return out[0]
     # merge the splits' partial softmaxes; an empty split has m = -inf and weighs nothing

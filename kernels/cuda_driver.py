@@ -21,6 +21,18 @@ import torch
 
 CACHE_ENV = "IMPDIFF_CUBIN_CACHE"
 _MAX_DYNAMIC_SHARED = 8  # CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+_PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID
+
+
+class _LaunchAttribute(ctypes.Structure):  # CUlaunchAttribute: id, padding, a 64-byte union
+    _fields_ = [("id", ctypes.c_int), ("pad", ctypes.c_char * 4), ("value", ctypes.c_int),
+                ("rest", ctypes.c_char * 60)]
+
+
+class _LaunchConfig(ctypes.Structure):  # CUlaunchConfig
+    _fields_ = [("grid", ctypes.c_uint * 3), ("block", ctypes.c_uint * 3),
+                ("shared", ctypes.c_uint), ("stream", ctypes.c_void_p),
+                ("attrs", ctypes.POINTER(_LaunchAttribute)), ("num_attrs", ctypes.c_uint)]
 
 
 class CudaBuildError(RuntimeError):
@@ -120,12 +132,18 @@ class Kernel:
             "cuOccupancyMaxActiveBlocksPerMultiprocessor")
         return count.value
 
-    def __call__(self, grid: tuple[int, int], threads: int, shared: int, stream: int, *args):
+    def __call__(self, grid: tuple[int, int], threads: int, shared: int, stream: int, *args,
+                 pdl: bool = False):
+        """Launch on `stream`; `pdl`: as a programmatic dependent of the kernel before it
+        (kernels/launch.py)."""
         lib = _libcuda()
         self._allow_shared(shared)
         values = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor)
                   else ctypes.c_float(a) if isinstance(a, float) else ctypes.c_int(a)
                   for a in args]
         params = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))
-        _check(lib.cuLaunchKernel(self._fn, grid[0], grid[1], 1, threads, 1, 1, shared,
-                                  ctypes.c_void_p(stream), params, None), f"launch {self.name}")
+        attr = _LaunchAttribute(id=_PROGRAMMATIC_STREAM_SERIALIZATION, value=1)
+        config = _LaunchConfig((grid[0], grid[1], 1), (threads, 1, 1), shared, stream,
+                               ctypes.pointer(attr), 1 if pdl else 0)
+        _check(lib.cuLaunchKernelEx(ctypes.byref(config), self._fn, params, None),
+               f"launch {self.name}")

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from . import cuda_driver
+from .launch import pdl_enabled
 
 SOURCE = Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu"
 KERNEL_ENV = "IMPDIFF_GEMV"
@@ -58,11 +59,11 @@ def _capable(device: torch.device) -> bool:
 
 
 @functools.cache
-def _kernel(device: torch.device, cfg: MmaConfig, act: int) -> cuda_driver.Kernel:
+def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_driver.Kernel:
     major, minor = torch.cuda.get_device_capability(device)
     image = cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
                                       dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
-                                           ACT=act))
+                                           PDL=int(pdl), ACT=act))
     return cuda_driver.Kernel(image, "q4k_mma_gemv", device)
 
 
@@ -113,7 +114,8 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
         partial = torch.empty((splits, rows_out), device=x.device, dtype=torch.float32)
     else:
         partial = out.view(1, rows_out)
-    kernel = _kernel(x.device, cfg, ACT_CODES[act])
+    pdl = pdl_enabled(x.device)
+    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl)
     shared = per_split * SHARED_PER_TILE
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
     resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * _sm_count(x.device)
@@ -122,7 +124,7 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
            torch.cuda.current_stream(x.device).cuda_stream,
            x, partial, w.q, w.s, w.b, w.sd, w.n, w.tiles, per_split,
            w.q.stride(0), w.s.stride(0), w.b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
-           F16_1024)
+           F16_1024, pdl=pdl)
     if splits == 1:
         return partial.view(rows_out)
     return torch.sum(partial, dim=0, out=out)

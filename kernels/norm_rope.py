@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .launch import pdl_options, release_dependents, wait_inputs
+
 
 @triton.jit
 def _rms(x, mask, n, eps):
@@ -32,11 +34,14 @@ def _rms(x, mask, n, eps):
 @triton.jit
 def _residual_norm_kernel(x_ptr, h_ptr, wpost_ptr, w_ptr, xout_ptr, y_ptr, n, eps,
                           HAS_H: tl.constexpr, HAS_POST: tl.constexpr, HAS_W: tl.constexpr,
-                          BLOCK: tl.constexpr):
+                          BLOCK: tl.constexpr, PDL: tl.constexpr = False):
+    wait_inputs(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n
     x = tl.load(x_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
+    # late: a successor's early blocks would take SMs from a prefill's later rows
+    release_dependents(PDL)
     if HAS_H:
         h = tl.load(h_ptr + row * n + cols, mask=mask, other=0.0).to(tl.float32)
         if HAS_POST:
@@ -63,7 +68,7 @@ def residual_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
                                    weight if weight is not None else x2, xout, y, n, eps,
                                    HAS_H=h is not None, HAS_POST=post_weight is not None,
                                    HAS_W=weight is not None, BLOCK=triton.next_power_of_2(n),
-                                   num_warps=4 if n <= 2048 else 16)
+                                   num_warps=4 if n <= 2048 else 16, **pdl_options(x.device))
     return xout.view(x.shape), y.view(x.shape)
 
 
@@ -109,10 +114,12 @@ def _rope_kernel(x_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, qn_ptr, 
                  HQ, HK, stride_xt, stride_xh, stride_qt, stride_qh, stride_kt, stride_kh,
                  stride_vt, stride_vh, stride_c,
                  N_ROT: tl.constexpr, D: tl.constexpr, NEOX: tl.constexpr,
-                 AT_POS: tl.constexpr, NORM: tl.constexpr):
+                 AT_POS: tl.constexpr, NORM: tl.constexpr, PDL: tl.constexpr = False):
     """One (token, head) per program over the heads of x side by side: the first HQ go to q
     (row t), the next HK to k and the rest, copied unrotated, to v (rows at the token's
     position when AT_POS: the caches). A one-token step spreads over as many SMs as heads."""
+    wait_inputs(PDL)
+    release_dependents(PDL)
     t = tl.program_id(0)
     h = tl.program_id(1)
     pos = tl.load(pos_ptr + t)
@@ -172,4 +179,4 @@ def _launch_rope(x, cos, sin, positions, n_rot, neox, outs, n_q, n_k, at_pos,
                          k_norm if norm else x, eps, n_q, n_k, x.stride(0), x.stride(1),
                          q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
                          v.stride(1), cos.stride(0), N_ROT=n_rot, D=D, NEOX=neox,
-                         AT_POS=at_pos, NORM=norm, num_warps=1)
+                         AT_POS=at_pos, NORM=norm, num_warps=1, **pdl_options(x.device))

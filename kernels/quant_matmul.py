@@ -41,6 +41,7 @@ import triton.language as tl
 
 from . import mma_gemv
 from .activation import ACTIVATIONS, activate, gated_activation
+from .launch import pdl_options, release_dependents, wait_inputs
 
 __all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated", "dequantize",
            "qmatmul", "dequantize_reference"]
@@ -250,7 +251,7 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
                   G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
                   CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
                   BLOCK_N: tl.constexpr, NT: tl.constexpr, L: tl.constexpr, EVEN: tl.constexpr,
-                  ACT: tl.constexpr):
+                  ACT: tl.constexpr, PDL: tl.constexpr = False):
     """out[split, n] = alpha * sum_k W[n, k] x[k] over this program's rows and share of tiles.
 
     ACT > 0 (one split), the gated epilogue that replaces an activation kernel: W is [gate; up],
@@ -263,6 +264,7 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     and K fill the blocks exactly, so no load is masked (a masked load also costs a predicate
     and the zeroing of its registers).
     """
+    wait_inputs(PDL)
     P: tl.constexpr = 32 // QBITS
     Q: tl.constexpr = G // (4 * L)
     # the smallest unit a field's dot product comes in (_field_dot: 2^(23 - LOW)); the sums
@@ -330,6 +332,7 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
         acc += s_acc
     total = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=4), axis=2), axis=1), axis=0) * (UNIT_MIN
                                                                                   * alpha)
+    release_dependents(PDL)  # late: a successor's early blocks would take this grid's SMs
     if ACT == 0:
         tl.store(out_ptr + tl.program_id(1) * N + rows, total, mask=row_ok)
     else:
@@ -458,7 +461,7 @@ def _launch_gemv(x, w: PackedWeight, cfg: GemvConfig, out, programs: int, per_sp
     _qgemv_kernel[(programs, splits)](
         x, out, *planes, w.n, w.k, w.tiles, per_split, w.alpha, ONE_BITS, *strides,
         **_fmt_args(w.fmt), BLOCK_N=cfg.block_n, NT=cfg.tiles, L=cfg.lanes, EVEN=even, ACT=act,
-        num_warps=cfg.num_warps)
+        num_warps=cfg.num_warps, **pdl_options(x.device))
 
 
 def _config(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None) -> GemvConfig:

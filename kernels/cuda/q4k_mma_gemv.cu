@@ -28,6 +28,9 @@
 #ifndef ROW_BLOCKS
 #define ROW_BLOCKS 1  // blocks of 8 rows a warp computes side by side
 #endif
+#ifndef PDL
+#define PDL 0  // launched as a programmatic dependent (kernels/launch.py; sm_90+)
+#endif
 #ifndef ACT
 #define ACT 0  // 0: plain; 1 silu, 2 gelu_tanh: [gate; up] rows in, act(gate) * up out
 #endif
@@ -171,6 +174,10 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
     }
   };
   if (task < tasks) start(task);  // loading while the activation is staged
+#if PDL
+  // the weights above are constant; x is the previous kernel's output
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
   // stage the activation: a warp per super-block, lane = word position (see Stage)
   for (int tt = warp; tt < nt; tt += WARPS) {
     const float* xt = x + (size_t)(t_lo + tt) * 256;
@@ -216,6 +223,10 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
           make_uint4(piece[m][0], piece[m][2], piece[m][1], piece[m][3]);
   }
   __syncthreads();
+#if PDL
+  // every block is resident (one wave), so a successor's early blocks take none of its SMs
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
 
   for (; task < tasks; task += task_stride) {
   for (int tt = 0; tt < nt; tt++) {
