@@ -56,14 +56,16 @@ def check() -> list[str]:
     q = quant_matmul
     for name, planes in PLANE_TYPES.items():
         fa = q._fmt_args(q.FORMATS[name])
-        # (rows, lanes, warps, unmasked, gated epilogue's activation or 0)
+        # (rows, lanes, warps, unmasked, gated epilogue's activation or 0); the gated silu
+        # variant as a programmatic dependent launch (kernels/launch.py)
         for bn, lanes, warps, even, act in ((1, 2, 1, False, 0), (4, 4, 1, True, 0),
                                             (4, 4, 2, False, 1), (8, 2, 1, True, 2)):
             attempt(f"qgemv {name} {bn}/{lanes}/{warps}{' even' if even else ''}"
                     f"{f' gated {act}' if act else ''}", q._qgemv_kernel,
                     ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32", "i32"]
                     + ["i32"] * 4,
-                    dict(fa, BLOCK_N=bn, NT=32 * warps // lanes, L=lanes, EVEN=even, ACT=act),
+                    dict(fa, BLOCK_N=bn, NT=32 * warps // lanes, L=lanes, EVEN=even, ACT=act,
+                         PDL=act == 1),
                     num_warps=warps)
         attempt(f"dequant {name}", q._dequant_kernel,
                 ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 4,
@@ -74,14 +76,16 @@ def check() -> list[str]:
         attempt(f"attention D={d} {bm}x{bn}", attention._attention_kernel,
                 ["*fp32", "*fp16", "*fp16", "*i32", "*fp32", "*fp32", "*fp32", "i32", "fp32",
                  "fp32", "i32"] + ["i32"] * 10,
-                dict(GROUP=4, D=d, BLOCK_M=bm, BLOCK_N=bn, SOFTCAP=softcap, SPLITS=splits))
+                dict(GROUP=4, D=d, BLOCK_M=bm, BLOCK_N=bn, SOFTCAP=softcap, SPLITS=splits,
+                     PDL=splits > 1))
     attempt("residual_norm", norm_rope._residual_norm_kernel, ["*fp32"] * 6 + ["i32", "fp32"],
-            dict(HAS_H=True, HAS_POST=True, HAS_W=True, BLOCK=1024))
+            dict(HAS_H=True, HAS_POST=True, HAS_W=True, BLOCK=1024, PDL=True))
     rope_types = (["*fp32", "*fp32", "*fp32", "*i32", "*fp32", "*fp16", "*fp16", "*fp32",
                    "*fp32", "fp32"] + ["i32"] * 11)
     for n_rot, norm in ((64, False), (128, True), (0, False)):
         attempt(f"rope n_rot={n_rot}{' norm' if norm else ''}", norm_rope._rope_kernel,
-                rope_types, dict(N_ROT=n_rot, D=128, NEOX=False, AT_POS=True, NORM=norm),
+                rope_types, dict(N_ROT=n_rot, D=128, NEOX=False, AT_POS=True, NORM=norm,
+                                 PDL=norm),
                 num_warps=1)
     attempt("gated activation", activation._gated_kernel, ["*fp32"] * 3 + ["i32"] * 3,
             dict(ACT=2, BLOCK=1024))

@@ -41,7 +41,7 @@ import triton.language as tl
 
 from . import mma_gemv
 from .activation import ACTIVATIONS, activate, gated_activation
-from .launch import pdl_options, release_dependents, wait_inputs
+from .launch import pdl_options, prefetch_l2, release_dependents, wait_inputs
 
 __all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated", "dequantize",
            "qmatmul", "dequantize_reference"]
@@ -264,7 +264,6 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     and K fill the blocks exactly, so no load is masked (a masked load also costs a predicate
     and the zeroing of its registers).
     """
-    wait_inputs(PDL)
     P: tl.constexpr = 32 // QBITS
     Q: tl.constexpr = G // (4 * L)
     # the smallest unit a field's dot product comes in (_field_dot: 2^(23 - LOW)); the sums
@@ -288,6 +287,10 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     t_lo = tl.program_id(1) * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, T)
     step = tl.arange(0, NT)[None, :, None, None, None]
+    if PDL:  # the first step's weights (a tile of a row: one line) on their way while the
+        # kernel before finishes; x is its output
+        prefetch_l2(q_ptr + r * stride_q + tl.minimum(t_lo + step, T - 1) * G)
+    wait_inputs(PDL)
     other = None if EVEN else 0
     acc = tl.zeros((L, NT, 1, BLOCK_N, 1), tl.float32)
     for t0 in range(t_lo, t_hi, NT):
