@@ -74,7 +74,8 @@ def _attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, m_ptr, l_ptr,
         m_i = m_new
 
     o = o_ptr + split * stride_os + qi[:, None] * stride_ot + head[:, None] * stride_oh + d[None, :]
-    release_dependents(PDL)  # late: a successor's early blocks would take a prefill's SMs
+    # late: released at the start, a one-token step measured 349.4 -> 337.7 t/s (8B Q4_K_M)
+    release_dependents(PDL)
     if SPLITS == 1:
         tl.store(o, acc / l_i[:, None], mask=rmask[:, None])
     else:  # unnormalised, with its running max and sum, for the merge

@@ -45,14 +45,6 @@ def wait_inputs(PDL: tl.constexpr):
 
 
 @triton.jit
-def prefetch_l2(ptrs):
-    """Ask L2 for the lines at `ptrs` (no registers held, nothing returned): the weights a
-    program reads first, while the kernel before it finishes."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1]; // $0", "=r,l", [ptrs], dtype=tl.int32,
-                              is_pure=False, pack=1)
-
-
-@triton.jit
 def release_dependents(PDL: tl.constexpr):
     if PDL:
         gdc_launch_dependents()

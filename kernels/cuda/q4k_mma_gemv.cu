@@ -175,13 +175,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   };
   if (task < tasks) start(task);  // loading while the activation is staged
 #if PDL
-  // the weights are constant (the next super-blocks of the first task into L2 as well); x is
-  // the previous kernel's output
-  if (task < tasks && c == 0)
-#pragma unroll
-    for (int r = 0; r < ROW_BLOCKS; r++)
-      for (int k = 1; k < min(nt, 4); k++)
-        asm volatile("prefetch.global.L2 [%0];" :: "l"(q + (size_t)row[r] * stride_q + (t_lo + k) * 32));
+  // the weights above are constant; x is the previous kernel's output
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
   // stage the activation: a warp per super-block, lane = word position (see Stage)
