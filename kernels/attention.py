@@ -116,7 +116,7 @@ def attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                             out.stride(2), m.stride(0) if splits > 1 else 0,
                             GROUP=group, D=D, BLOCK_M=block_m, BLOCK_N=block_n,
                             SOFTCAP=softcap > 0, SPLITS=splits, num_warps=4,
-                            **pdl_options(q.device))
+                            **pdl_options(q.device, one_token=T == 1))
     if splits == 1:
         return out[0]
     # merge the splits' partial softmaxes; an empty split has m = -inf and weighs nothing

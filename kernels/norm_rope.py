@@ -68,7 +68,8 @@ def residual_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
                                    weight if weight is not None else x2, xout, y, n, eps,
                                    HAS_H=h is not None, HAS_POST=post_weight is not None,
                                    HAS_W=weight is not None, BLOCK=triton.next_power_of_2(n),
-                                   num_warps=4 if n <= 2048 else 16, **pdl_options(x.device))
+                                   num_warps=4 if n <= 2048 else 16,
+                                   **pdl_options(x.device, one_token=rows == 1))
     return xout.view(x.shape), y.view(x.shape)
 
 
@@ -179,4 +180,5 @@ def _launch_rope(x, cos, sin, positions, n_rot, neox, outs, n_q, n_k, at_pos,
                          k_norm if norm else x, eps, n_q, n_k, x.stride(0), x.stride(1),
                          q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0),
                          v.stride(1), cos.stride(0), N_ROT=n_rot, D=D, NEOX=neox,
-                         AT_POS=at_pos, NORM=norm, num_warps=1, **pdl_options(x.device))
+                         AT_POS=at_pos, NORM=norm, num_warps=1,
+                         **pdl_options(x.device, one_token=T == 1))
