@@ -48,8 +48,10 @@ def supported(x: torch.Tensor, w) -> bool:
         return False
     planes_ok = (w.k == w.tiles * 256 and w.n % 8 == 0 and w.s.dtype == torch.uint8
                  and w.b.dtype == torch.uint8 and w.sd.dtype == torch.float16
-                 and all(p.stride(1) == 1 for p in w.planes()))
-    return planes_ok and _capable(x.device)
+                 and all(p.stride(1) == 1 for p in w.planes())
+                 and w.q.data_ptr() % 16 == 0)  # rows read in 16-byte vectors
+    return (planes_ok and x.dtype == torch.float32 and x.is_contiguous()
+            and _capable(x.device))
 
 
 @functools.cache
@@ -69,9 +71,9 @@ def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_d
 
 @functools.cache
 def _tuning_table() -> dict:
-    """{"q4_k 28672 4096": [warps, row_blocks, split_k], ...}: $IMPDIFF_MMA_TABLE,
-    else the one shipped for this GPU (tuning/<device name>.mma.json), written by
-    benchmarks/gemv_sweep.py --kernel mma --write-table."""
+    """{"q4_k gated 28672 4096": [warps, row_blocks, split_k], "q4_k N K": ...}:
+    $IMPDIFF_MMA_TABLE, else the one shipped for this GPU (tuning/<device name>.mma.json),
+    written by benchmarks/gemv_sweep.py --kernel mma --write-table."""
     path = os.environ.get(TABLE_ENV)
     if not path and torch.cuda.is_available():
         shipped = TUNING_DIR / (torch.cuda.get_device_name().replace(" ", "_") + ".mma.json")
