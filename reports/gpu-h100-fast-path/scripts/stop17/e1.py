@@ -4,8 +4,7 @@ import itertools, sys, time
 import numpy as np, torch
 from impdiff.engine.packed import pack_gguf
 from impdiff.kernels import mma_gemv
-from impdiff.kernels.quant_matmul import (dequantize_reference, qgemv, qgemv_gated, gemv_config,
-                                          sm_count, _config)
+from impdiff.kernels.quant_matmul import (dequantize_reference, qgemv, qgemv_gated, _config)
 from impdiff.kernels.activation import gated_activation
 from impdiff.testing.shapes import T, _random_blocks
 

@@ -4,7 +4,6 @@ contiguous range) against the row-major plane. Timing only (the interleaved prod
 permuted weights)."""
 import sys
 import numpy as np, torch
-from dataclasses import replace
 sys.path.insert(0, "benchmarks")
 from gemv_sweep import graph_gbs, clone
 from impdiff.engine.packed import pack_gguf

@@ -1,6 +1,5 @@
 """Stop 17 e14: PDL on vs off gives the same greedy tokens and logits through the CUDA graphs."""
 import os, sys, hashlib
-import torch
 from impdiff.engine.fast import FastSession, load_fast_model
 model = load_fast_model(sys.argv[1], "cuda", max_ctx=512)
 res = {}

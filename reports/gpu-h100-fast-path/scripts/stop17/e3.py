@@ -4,7 +4,7 @@ import numpy as np, torch
 from dataclasses import replace
 from impdiff.engine.packed import pack_gguf
 from impdiff.kernels import mma_gemv
-from impdiff.kernels.quant_matmul import qgemv, qgemv_gated, _config
+from impdiff.kernels.quant_matmul import qgemv_gated, _config
 from impdiff.testing.shapes import T, _random_blocks
 sys.path.insert(0, ".carry/dev17")
 rng = np.random.default_rng(0)
