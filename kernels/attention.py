@@ -17,7 +17,6 @@ import triton
 import triton.language as tl
 
 from .launch import pdl_options, release_dependents, wait_inputs
-
 from .quant_matmul import sm_count
 
 
