@@ -16,6 +16,7 @@ from impdiff.engine.packed import PACKED_TYPES, pack_gguf, pack_nvfp4
 from impdiff.engine.quants import dequantize as reference_dequantize
 from impdiff.kernels.activation import gated_activation
 from impdiff.kernels.attention import attention
+from impdiff.kernels.launch import PDL_ENV, pdl_options
 from impdiff.kernels.norm_rope import residual_norm, rope, rope_qkv
 from impdiff.kernels.quant_matmul import (GemvConfig, dequantize, dequantize_reference, qgemv,
                                           qgemv_gated, qmatmul)
@@ -249,6 +250,31 @@ def test_graph_greedy_decode_equals_eager_decode(synth_model):
         eager.append(int(logits[-1].argmax()))
         logits = session.eval([eager[-1]], tap=lambda n, i, x: None)  # a tap: no graph
     assert graphed == eager
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_dependent_launches_change_no_token(synth_model, monkeypatch):
+    """PDL (kernels/launch.py) reorders no read before its producer: the graphed greedy
+    decode is the same with it on and off."""
+    from impdiff.engine.fast import FastSession, load_fast_model
+
+    model = load_fast_model(synth_model("gemma3", "Q4_K_M"), "cuda", max_ctx=128)
+    tokens = {}
+    for pdl in ("1", "0"):
+        monkeypatch.setenv(PDL_ENV, pdl)
+        tokens[pdl] = FastSession(model).generate_greedy([1, 2, 3, 4], 24)
+    assert tokens["1"] == tokens["0"]
+
+
+def test_dependent_launch_options_only_where_they_apply(monkeypatch):
+    cuda = torch.device("cuda")  # never touched: each switch below decides first
+    assert pdl_options(torch.device("cpu")) == {}
+    assert pdl_options(cuda, one_token=False) == {}
+    monkeypatch.setenv(PDL_ENV, "0")
+    assert pdl_options(cuda) == {}
+    monkeypatch.setenv(PDL_ENV, "1")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert pdl_options(cuda) == {}
 
 
 def test_unsupported_architecture_is_one_clear_error(synth_model):
