@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +57,16 @@ def supported(x: torch.Tensor, w) -> bool:
 
 @functools.cache
 def _capable(device: torch.device) -> bool:
-    return (torch.cuda.get_device_capability(device)[0] >= 8
-            and cuda_driver.nvcc_path() is not None)
+    return _capability(device)[0] >= 8 and cuda_driver.nvcc_path() is not None
+
+
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
 
 
 @functools.cache
 def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_driver.Kernel:
-    major, minor = torch.cuda.get_device_capability(device)
+    major, minor = _capability(device)
     image = cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
                                       dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
                                            PDL=int(pdl), ACT=act))
@@ -90,9 +94,24 @@ def choose(x: torch.Tensor, w, gated: bool) -> MmaConfig | None:
         return None
     table = _tuning_table()
     if not table:
-        return MmaConfig(8, 2, 1) if gated else None
-    tuned = table.get(f"q4_k{' gated' if gated else ''} {w.n} {w.k}")
-    return MmaConfig(*tuned) if tuned else None
+        cfg = MmaConfig(8, 2, 1) if gated else None
+    else:
+        tuned = table.get(f"q4_k{' gated' if gated else ''} {w.n} {w.k}")
+        cfg = MmaConfig(*tuned) if tuned else None
+    return cfg if cfg and _builds(x.device, cfg, gated) else None
+
+
+@functools.cache
+def _builds(device: torch.device, cfg: MmaConfig, gated: bool) -> bool:
+    """Whether nvcc builds the kernel here; if not, one warning and the Triton GEMV (a toolkit
+    too old for the GPU should cost speed, not the run)."""
+    try:
+        _kernel(device, cfg, ACT_CODES["silu" if gated else None], pdl_enabled(device))
+        return True
+    except cuda_driver.CudaBuildError as exc:
+        warnings.warn(f"the tensor-core GEMV did not build ({str(exc).splitlines()[-1]}); the "
+                      f"Triton GEMV runs instead", stacklevel=2)
+        return False
 
 
 @functools.cache

@@ -50,6 +50,20 @@ def test_dispatch_leaves_cpu_tensors_and_other_formats_to_triton():
     assert not mma_gemv.supported(torch.zeros(256), q8)
 
 
+def test_a_kernel_that_does_not_build_falls_back_with_one_warning(tmp_path, monkeypatch):
+    broken = tmp_path / "nvcc"
+    broken.write_text("#!/bin/sh\necho 'nvcc fatal: Unsupported gpu architecture' >&2\nexit 1\n")
+    broken.chmod(0o755)
+    monkeypatch.setattr(cuda_driver, "nvcc_path", lambda: str(broken))
+    monkeypatch.setenv(cuda_driver.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(mma_gemv, "_capability", lambda device: (9, 0))
+    monkeypatch.setenv("IMPDIFF_PDL", "0")  # nothing asks the (absent) GPU
+    mma_gemv._builds.cache_clear()
+    with pytest.warns(UserWarning, match="did not build.*Unsupported gpu architecture"):
+        assert not mma_gemv._builds(torch.device("cuda"), mma_gemv.MmaConfig(8, 2, 1), True)
+    mma_gemv._builds.cache_clear()
+
+
 @needs_gpu
 @pytest.mark.parametrize("rows,cols", [(1024, 4096), (1032, 1536), (64, 256)])
 @pytest.mark.parametrize("config", [(4, 1, 1), (2, 4, 1), (4, 1, 4), (8, 2, 2)],
