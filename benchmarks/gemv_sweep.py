@@ -23,6 +23,7 @@ import json
 import numpy as np
 import torch
 
+from impdiff.engine.config import ARCHITECTURES
 from impdiff.engine.packed import pack_gguf
 from impdiff.kernels import mma_gemv
 from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, qgemv_gated, sm_count
@@ -79,9 +80,7 @@ def main():
             if (qtype, rows, cols) in seen:
                 continue
             seen.add((qtype, rows, cols))
-            w = pack_gguf(_random_blocks(rng, qtype, rows, cols), qtype, (rows, cols), "cuda")
-            copies = [w] + [clone(w) for _ in range(200_000_000 // w.nbytes)]
-            x = torch.randn(cols, device="cuda")
+            w, copies, x = random_inputs(rng, qtype, rows, cols)
             default = gemv_config(w, sm_count(x.device))
             results = []
             for bn, lanes, split, warps in itertools.product((2, 4, 8), (2, 4, 8), (1, 2),
@@ -102,9 +101,7 @@ def main():
                   f"{default} {graph_gbs(copies, x, default):.0f} GB/s; best: " +
                   "; ".join(f"{c.block_n}/{c.lanes}/{c.tiles}/{c.split_k}/{c.num_warps} {g:.0f}"
                             for g, c in results[:4]), flush=True)
-            if args.write_table:  # after every shape: a sweep cut short still leaves a table
-                with open(args.write_table, "w") as f:
-                    json.dump(table, f, indent=1)
+            write_table(args.write_table, table)
 
 
 def sweep_mma(args):
@@ -115,11 +112,9 @@ def sweep_mma(args):
         if qtype != T.Q4_K or (rows, cols, gated) in seen:
             continue
         seen.add((rows, cols, gated))
-        w = pack_gguf(_random_blocks(rng, qtype, rows, cols), qtype, (rows, cols), "cuda")
-        copies = [w] + [clone(w) for _ in range(200_000_000 // w.nbytes)]
-        x = torch.randn(cols, device="cuda")
+        w, copies, x = random_inputs(rng, qtype, rows, cols)
         tiles = gemv_config(w, sm_count(x.device))
-        act = shape_act(shape) if gated else None
+        act = ARCHITECTURES[shape.arch].ffn_act if gated else None
         triton_gbs = graph_gbs(copies, x, tiles, gemv=(
             (lambda v: qgemv_gated(x, v, act, config=tiles)) if gated
             else (lambda v: qgemv(x, v, config=tiles))))
@@ -139,13 +134,22 @@ def sweep_mma(args):
               "mma " + "; ".join(f"{c.warps}/{c.row_blocks}/{c.split_k} {g:.0f}"
                                  for g, c in results[:4])
               + f" -> {'mma' if key in table else 'triton'}", flush=True)
-        if args.write_table:
-            with open(args.write_table, "w") as f:
-                json.dump(table, f, indent=1)
+        write_table(args.write_table, table)
 
 
-def shape_act(shape) -> str:
-    return "gelu_tanh" if shape.arch.startswith("gemma") else "silu"
+def random_inputs(rng, qtype, rows: int, cols: int):
+    """A random weight of the type on the GPU, copies of it past the L2 cache's 50 MB (decode
+    reads each weight from memory), and an activation."""
+    w = pack_gguf(_random_blocks(rng, qtype, rows, cols), qtype, (rows, cols), "cuda")
+    copies = [w] + [clone(w) for _ in range(200_000_000 // w.nbytes)]
+    return w, copies, torch.randn(cols, device="cuda")
+
+
+def write_table(path: str | None, table: dict):
+    """After every shape: a sweep cut short still leaves a table."""
+    if path:
+        with open(path, "w") as f:
+            json.dump(table, f, indent=1)
 
 
 def decode_products(types: dict, n_layer: int) -> list[tuple[str, T, int, int]]:

@@ -16,8 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .launch import pdl_options, release_dependents, wait_inputs
-from .quant_matmul import sm_count
+from .launch import pdl_options, release_dependents, sm_count, wait_inputs
 
 
 @triton.jit

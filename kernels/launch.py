@@ -1,4 +1,5 @@
-"""Programmatic dependent launch (PDL) for the kernels of a one-token step.
+"""How this GPU launches the kernels: its SM count, the tuning tables swept on it, and
+programmatic dependent launch (PDL) for the kernels of a one-token step.
 
 A decode step is ~300 short kernels in a row, each reading the one before's output. Launched
 with PDL (sm_90+), a kernel's blocks may start while the kernel before it finishes: each waits
@@ -13,7 +14,9 @@ IMPDIFF_PDL=0 launches everything in plain stream order (an A/B, or a suspect).
 from __future__ import annotations
 
 import functools
+import json
 import os
+from pathlib import Path
 
 import torch
 import triton
@@ -21,6 +24,26 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 PDL_ENV = "IMPDIFF_PDL"
+TUNING_DIR = Path(__file__).parent / "tuning"
+
+
+@functools.cache
+def sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 4
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+@functools.cache
+def tuning_table(env: str, suffix: str) -> dict:
+    """A table of configs per shape, written by benchmarks/gemv_sweep.py --write-table: the
+    JSON file named by $`env`, else the one shipped for this GPU (tuning/<device name>`suffix`),
+    else none."""
+    path = os.environ.get(env)
+    if not path and torch.cuda.is_available():
+        shipped = TUNING_DIR / (torch.cuda.get_device_name().replace(" ", "_") + suffix)
+        path = str(shipped) if shipped.is_file() else None
+    return json.loads(Path(path).read_text()) if path else {}
 
 
 @functools.cache

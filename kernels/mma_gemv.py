@@ -14,7 +14,6 @@ under IMPDIFF_GEMV=triton (an A/B of the two, or a bisection of the engine's own
 from __future__ import annotations
 
 import functools
-import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -23,12 +22,12 @@ from pathlib import Path
 import torch
 
 from . import cuda_driver
-from .launch import pdl_enabled
+from .launch import pdl_enabled, sm_count, tuning_table
 
 SOURCE = Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu"
 KERNEL_ENV = "IMPDIFF_GEMV"
+# {"q4_k gated 28672 4096": [warps, row_blocks, split_k], "q4_k N K": ...}
 TABLE_ENV = "IMPDIFF_MMA_TABLE"
-TUNING_DIR = Path(__file__).parent / "tuning"
 F16_1024 = 0x64006400  # fp16 1024.0 in both halves
 PARTS = 3  # fp16 parts of the activation (the kernel's PARTS)
 SHARED_PER_TILE = 8 * 4 * PARTS * 16 + 8 * 4 + 4  # staged activation, group sums, scale
@@ -73,50 +72,35 @@ def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_d
     return cuda_driver.Kernel(image, "q4k_mma_gemv", device)
 
 
-@functools.cache
-def _tuning_table() -> dict:
-    """{"q4_k gated 28672 4096": [warps, row_blocks, split_k], "q4_k N K": ...}:
-    $IMPDIFF_MMA_TABLE, else the one shipped for this GPU (tuning/<device name>.mma.json),
-    written by benchmarks/gemv_sweep.py --kernel mma --write-table."""
-    path = os.environ.get(TABLE_ENV)
-    if not path and torch.cuda.is_available():
-        shipped = TUNING_DIR / (torch.cuda.get_device_name().replace(" ", "_") + ".mma.json")
-        path = str(shipped) if shipped.is_file() else None
-    return json.loads(Path(path).read_text()) if path else {}
-
-
-def choose(x: torch.Tensor, w, gated: bool) -> MmaConfig | None:
-    """This kernel's config for W x, or None where the Triton GEMV runs it: the shapes of this
-    GPU's table (written by the sweep only where this kernel was faster), else, with no table
-    for the GPU, the gated gate/up product (the largest of a decode step, where it led on the
-    H100) at eight warps of two row blocks."""
+def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
+    """This kernel's config for W x (with `act`: the gated product), or None where the Triton
+    GEMV runs it: the shapes of this GPU's table (tuning/<device name>.mma.json, written by
+    benchmarks/gemv_sweep.py --kernel mma only where this kernel was faster), else, with no
+    table for the GPU, the gated gate/up product (the largest of a decode step, where it led on
+    the H100) at eight warps of two row blocks."""
+    gated = act is not None
     if not supported(x, w) or (gated and (w.n // 2) % 4):
         return None
-    table = _tuning_table()
+    table = tuning_table(TABLE_ENV, ".mma.json")
     if not table:
         cfg = MmaConfig(8, 2, 1) if gated else None
     else:
         tuned = table.get(f"q4_k{' gated' if gated else ''} {w.n} {w.k}")
         cfg = MmaConfig(*tuned) if tuned else None
-    return cfg if cfg and _builds(x.device, cfg, gated) else None
+    return cfg if cfg and _builds(x.device, cfg, act) else None
 
 
 @functools.cache
-def _builds(device: torch.device, cfg: MmaConfig, gated: bool) -> bool:
+def _builds(device: torch.device, cfg: MmaConfig, act: str | None) -> bool:
     """Whether nvcc builds the kernel here; if not, one warning and the Triton GEMV (a toolkit
     too old for the GPU should cost speed, not the run)."""
     try:
-        _kernel(device, cfg, ACT_CODES["silu" if gated else None], pdl_enabled(device))
+        _kernel(device, cfg, ACT_CODES[act], pdl_enabled(device))
         return True
     except cuda_driver.CudaBuildError as exc:
         warnings.warn(f"the tensor-core GEMV did not build ({str(exc).splitlines()[-1]}); the "
                       f"Triton GEMV runs instead", stacklevel=2)
         return False
-
-
-@functools.cache
-def _sm_count(device: torch.device) -> int:
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = None,
@@ -139,7 +123,7 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
     kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl)
     shared = per_split * SHARED_PER_TILE
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
-    resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * _sm_count(x.device)
+    resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(x.device)
     blocks = max(1, min(-(-tasks // cfg.warps), resident // splits))
     kernel((blocks, splits), 32 * cfg.warps, shared,
            torch.cuda.current_stream(x.device).cuda_stream,

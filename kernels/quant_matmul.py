@@ -29,11 +29,7 @@ logic op; 4-bit fields two per shift), and q x sums to 2^(23 - LOW) (sum f x - s
 
 from __future__ import annotations
 
-import functools
-import json
-import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 import triton
@@ -41,7 +37,7 @@ import triton.language as tl
 
 from . import mma_gemv
 from .activation import ACTIVATIONS, activate, gated_activation
-from .launch import pdl_options, release_dependents, wait_inputs
+from .launch import pdl_options, release_dependents, sm_count, tuning_table, wait_inputs
 
 __all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated", "dequantize",
            "qmatmul", "dequantize_reference"]
@@ -411,7 +407,7 @@ def gemv_config(w: PackedWeight, n_sm: int) -> GemvConfig:
     """Tiles for a weight: a tuned entry when the tuning table has this (format, n, k), else
     two rows, four lanes per tile, one warp (among the best for every format and shape on the
     H100 sweep), K split while the programs leave SMs short of work."""
-    tuned = _tuning_table().get(f"{w.fmt.name} {w.n} {w.k}")
+    tuned = tuning_table(TUNING_ENV, ".json").get(f"{w.fmt.name} {w.n} {w.k}")
     if tuned:
         return GemvConfig(*tuned)
     block_n, lanes = 2, _default_lanes(w.fmt)
@@ -430,31 +426,8 @@ def _interpreter_config(w: PackedWeight) -> GemvConfig:
     return GemvConfig(64, lanes, max(32 // lanes, triton.next_power_of_2(w.tiles)), 1, 1)
 
 
+# {"q4_k 14336 4096": [block_n, lanes, tiles, split_k, num_warps], ...}
 TUNING_ENV = "IMPDIFF_GEMV_TABLE"
-TUNING_DIR = Path(__file__).parent / "tuning"
-
-
-@functools.cache
-def _tuning_table() -> dict:
-    """{"q4_k 14336 4096": [block_n, lanes, tiles, split_k, num_warps], ...}: the JSON file named by
-    $IMPDIFF_GEMV_TABLE, else the one shipped for this GPU (tuning/<device name>.json), both
-    written by benchmarks/gemv_sweep.py --write-table on that GPU."""
-    path = os.environ.get(TUNING_ENV)
-    if not path and torch.cuda.is_available():
-        shipped = TUNING_DIR / (torch.cuda.get_device_name().replace(" ", "_") + ".json")
-        path = str(shipped) if shipped.is_file() else None
-    return json.loads(Path(path).read_text()) if path else {}
-
-
-_SM_COUNT: dict = {}
-
-
-def sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    if device not in _SM_COUNT:
-        _SM_COUNT[device] = torch.cuda.get_device_properties(device).multi_processor_count
-    return _SM_COUNT[device]
 
 
 def _launch_gemv(x, w: PackedWeight, cfg: GemvConfig, out, programs: int, per_split: int,
@@ -484,7 +457,7 @@ def qgemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None = None,
     """
     if w.fmt.qbits == 32:
         return torch.mv(w.q, x, out=out)
-    mma = mma_gemv.choose(x, w, gated=False) if config is None else None
+    mma = mma_gemv.choose(x, w) if config is None else None
     if mma:
         return mma_gemv.gemv(x, w, out=out, config=mma)
     cfg = _config(x, w, config)
@@ -507,7 +480,7 @@ def qgemv_gated(x: torch.Tensor, w: PackedWeight, act: str,
     if w.fmt.qbits == 32:
         y = qgemv(x, w)
         return gated_activation(act, y[None, :half], y[None, half:])[0]
-    mma = mma_gemv.choose(x, w, gated=True) if config is None else None
+    mma = mma_gemv.choose(x, w, act) if config is None else None
     if mma:
         return mma_gemv.gemv(x, w, act=act, config=mma)
     cfg = _config(x, w, config)

@@ -13,6 +13,7 @@ import torch
 from impdiff.engine.packed import pack_gguf
 from impdiff.kernels import cuda_driver, mma_gemv
 from impdiff.kernels.activation import gated_activation
+from impdiff.kernels.launch import tuning_table
 from impdiff.kernels.quant_matmul import dequantize_reference, qgemv, qgemv_gated
 from impdiff.testing.shapes import _random_blocks
 from .test_quants import T
@@ -44,7 +45,7 @@ def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act):
 
 def test_dispatch_leaves_cpu_tensors_and_other_formats_to_triton():
     w = _q4k(16, 256, "cpu")
-    assert mma_gemv.choose(torch.zeros(256), w, gated=False) is None
+    assert mma_gemv.choose(torch.zeros(256), w) is None
     q8 = pack_gguf(_random_blocks(np.random.default_rng(0), T.Q8_0, 16, 256), T.Q8_0,
                    (16, 256), "cpu")
     assert not mma_gemv.supported(torch.zeros(256), q8)
@@ -60,7 +61,7 @@ def test_a_kernel_that_does_not_build_falls_back_with_one_warning(tmp_path, monk
     monkeypatch.setenv("IMPDIFF_PDL", "0")  # nothing asks the (absent) GPU
     mma_gemv._builds.cache_clear()
     with pytest.warns(UserWarning, match="did not build.*Unsupported gpu architecture"):
-        assert not mma_gemv._builds(torch.device("cuda"), mma_gemv.MmaConfig(8, 2, 1), True)
+        assert not mma_gemv._builds(torch.device("cuda"), mma_gemv.MmaConfig(8, 2, 1), "silu")
     mma_gemv._builds.cache_clear()
 
 
@@ -100,17 +101,17 @@ def table(tmp_path, monkeypatch):
     path = tmp_path / "table.mma.json"
     path.write_text('{"q4_k gated 1024 1024": [4, 2, 1]}')
     monkeypatch.setenv(mma_gemv.TABLE_ENV, str(path))
-    mma_gemv._tuning_table.cache_clear()
+    tuning_table.cache_clear()
     yield
-    mma_gemv._tuning_table.cache_clear()
+    tuning_table.cache_clear()
 
 
 @needs_gpu
 def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
     w = _q4k(2 * 512, 1024, "cuda", seed=5)
     x = torch.randn(1024, device="cuda")
-    assert mma_gemv.choose(x, w, gated=True) == mma_gemv.MmaConfig(4, 2, 1)
-    assert mma_gemv.choose(x, w, gated=False) is None  # not in the table: Triton
+    assert mma_gemv.choose(x, w, "silu") == mma_gemv.MmaConfig(4, 2, 1)
+    assert mma_gemv.choose(x, w) is None  # not in the table: Triton
     eager = qgemv_gated(x, w, "silu")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -119,6 +120,6 @@ def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
     torch.cuda.synchronize()
     assert torch.equal(captured, eager)
     monkeypatch.setenv(mma_gemv.KERNEL_ENV, "triton")
-    assert mma_gemv.choose(x, w, gated=True) is None
+    assert mma_gemv.choose(x, w, "silu") is None
     assert _rel_err(qgemv_gated(x, w, "silu"), eager.double().cpu()) < 1e-5
     assert _rel_err(qgemv(x, w), (dequantize_reference(w).double() @ x.double()).cpu()) < 1e-5
