@@ -65,7 +65,7 @@ def check() -> list[str]:
                     ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32", "i32"]
                     + ["i32"] * 4,
                     dict(fa, BLOCK_N=bn, NT=32 * warps // lanes, L=lanes, EVEN=even, ACT=act,
-                         PDL=act == 1, PREFETCH=even, THREADS=32 * warps),
+                         PDL=act == 1),
                     num_warps=warps)
         attempt(f"dequant {name}", q._dequant_kernel,
                 ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 4,

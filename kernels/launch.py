@@ -56,16 +56,6 @@ def pdl_enabled(device: torch.device) -> bool:
             and os.environ.get("TRITON_INTERPRET") != "1" and _capable(device))
 
 
-PREFETCH_ENV = "IMPDIFF_L2_PREFETCH"
-
-
-def l2_prefetch_enabled(device: torch.device) -> bool:
-    """Whether the GEMVs ask L2 for their weights in bulk first (`cp.async.bulk.prefetch`,
-    sm_90+). IMPDIFF_L2_PREFETCH=0 turns it off (an A/B)."""
-    return (device.type == "cuda" and os.environ.get(PREFETCH_ENV) != "0"
-            and os.environ.get("TRITON_INTERPRET") != "1" and _capable(device))
-
-
 def pdl_options(device: torch.device, one_token: bool = True) -> dict:
     """Keyword arguments of a Triton launch: the kernel's PDL switch and the launch attribute.
     Only a one-token step's kernels: prefill's many-wave kernels measured slower with it

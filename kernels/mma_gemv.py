@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from . import cuda_driver
-from .launch import l2_prefetch_enabled, pdl_enabled, sm_count, tuning_table
+from .launch import pdl_enabled, sm_count, tuning_table
 
 SOURCE = Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu"
 KERNEL_ENV = "IMPDIFF_GEMV"
@@ -64,12 +64,11 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 @functools.cache
-def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, prefetch: bool = False
-            ) -> cuda_driver.Kernel:
+def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_driver.Kernel:
     major, minor = _capability(device)
     image = cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
                                       dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
-                                           PDL=int(pdl), ACT=act, PREFETCH=int(prefetch)))
+                                           PDL=int(pdl), ACT=act))
     return cuda_driver.Kernel(image, "q4k_mma_gemv", device)
 
 
@@ -96,7 +95,7 @@ def _builds(device: torch.device, cfg: MmaConfig, act: str | None) -> bool:
     """Whether nvcc builds the kernel here; if not, one warning and the Triton GEMV (a toolkit
     too old for the GPU should cost speed, not the run)."""
     try:
-        _kernel(device, cfg, ACT_CODES[act], pdl_enabled(device), l2_prefetch_enabled(device))
+        _kernel(device, cfg, ACT_CODES[act], pdl_enabled(device))
         return True
     except cuda_driver.CudaBuildError as exc:
         warnings.warn(f"the tensor-core GEMV did not build ({str(exc).splitlines()[-1]}); the "
@@ -121,7 +120,7 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
     else:
         partial = out.view(1, rows_out)
     pdl = pdl_enabled(x.device)
-    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl, l2_prefetch_enabled(x.device))
+    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl)
     shared = per_split * SHARED_PER_TILE
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
     resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(x.device)

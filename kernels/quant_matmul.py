@@ -37,8 +37,7 @@ import triton.language as tl
 
 from . import mma_gemv
 from .activation import ACTIVATIONS, activate, gated_activation
-from .launch import (l2_prefetch_enabled, pdl_options, release_dependents, sm_count, tuning_table,
-                     wait_inputs)
+from .launch import pdl_options, release_dependents, sm_count, tuning_table, wait_inputs
 
 __all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated", "dequantize",
            "qmatmul", "dequantize_reference"]
@@ -243,39 +242,12 @@ def _thread_sum(v):
 
 
 @triton.jit
-def _l2_prefetch_rows(q_ptr, rows, rows_ok, stride_q, t_lo, t_hi, G: tl.constexpr,
-                      BLOCK_N: tl.constexpr, THREADS: tl.constexpr):
-    """Ask L2 for this program's weight words (its rows, tiles t_lo..t_hi) in bulk: each row's
-    range in THREADS / BLOCK_N slices, one `cp.async.bulk.prefetch` a thread. The loads that
-    follow then find their lines in L2 or on the way, so the words in flight are no longer
-    bounded by the registers the loop holds them in; weights are constant, so this runs before
-    the wait on the kernel before."""
-    PARTS: tl.constexpr = THREADS // BLOCK_N
-    i = tl.arange(0, THREADS)
-    slot = i % BLOCK_N
-    part = i // BLOCK_N
-    sel = tl.arange(0, BLOCK_N)[None, :] == slot[:, None]
-    row = tl.sum(tl.where(sel, rows[None, :], 0), axis=1)
-    ok = tl.sum(tl.where(sel, rows_ok[None, :].to(tl.int32), 0), axis=1) > 0
-    units = (t_hi - t_lo) * (G // 4)  # 16-byte units of the row's words
-    lo = part * units // PARTS
-    hi = (part + 1) * units // PARTS
-    ptr = q_ptr + row.to(tl.int64) * stride_q + t_lo * G + lo * 4
-    size = tl.where(ok, (hi - lo) * 16, 0)
-    tl.inline_asm_elementwise(
-        "{ .reg .pred p; setp.gt.s32 p, $2, 0; @p cp.async.bulk.prefetch.L2.global [$1], $2; "
-        "mov.u32 $0, 0; }",
-        "=r,l,r", [ptr, size], dtype=tl.int32, is_pure=False, pack=1)
-
-
-@triton.jit
 def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_per_split, alpha,
                   one_bits, stride_q, stride_s, stride_b, stride_sd,
                   G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
                   CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
                   BLOCK_N: tl.constexpr, NT: tl.constexpr, L: tl.constexpr, EVEN: tl.constexpr,
-                  ACT: tl.constexpr, PDL: tl.constexpr = False,
-                  PREFETCH: tl.constexpr = False, THREADS: tl.constexpr = 32):
+                  ACT: tl.constexpr, PDL: tl.constexpr = False):
     """out[split, n] = alpha * sum_k W[n, k] x[k] over this program's rows and share of tiles.
 
     ACT > 0 (one split), the gated epilogue that replaces an activation kernel: W is [gate; up],
@@ -311,8 +283,6 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     t_lo = tl.program_id(1) * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, T)
     step = tl.arange(0, NT)[None, :, None, None, None]
-    if PREFETCH:
-        _l2_prefetch_rows(q_ptr, rows, row_ok, stride_q, t_lo, t_hi, G, BLOCK_N, THREADS)
     wait_inputs(PDL)
     # early: the next kernel's launch and prologue overlap this grid's last programs (8B
     # Q4_K_M decode 346.7 -> 349.4 t/s against a release before the stores)
@@ -466,13 +436,7 @@ def _launch_gemv(x, w: PackedWeight, cfg: GemvConfig, out, programs: int, per_sp
     _qgemv_kernel[(programs, splits)](
         x, out, *planes, w.n, w.k, w.tiles, per_split, w.alpha, ONE_BITS, *strides,
         **_fmt_args(w.fmt), BLOCK_N=cfg.block_n, NT=cfg.tiles, L=cfg.lanes, EVEN=even, ACT=act,
-        num_warps=cfg.num_warps, **pdl_options(x.device), **_prefetch_options(x.device, cfg))
-
-
-def _prefetch_options(device: torch.device, cfg: GemvConfig) -> dict:
-    if not l2_prefetch_enabled(device) or cfg.block_n > 32 * cfg.num_warps:
-        return {}
-    return {"PREFETCH": True, "THREADS": 32 * cfg.num_warps}
+        num_warps=cfg.num_warps, **pdl_options(x.device))
 
 
 def _config(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None) -> GemvConfig:

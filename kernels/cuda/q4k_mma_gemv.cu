@@ -35,10 +35,6 @@
 #define ACT 0  // 0: plain; 1 silu, 2 gelu_tanh: [gate; up] rows in, act(gate) * up out
 #endif
 
-#ifndef PREFETCH
-#define PREFETCH 0  // ask L2 for a task's weight words in bulk first (sm_90+)
-#endif
-
 #define FULL 0xffffffffu
 #define PARTS 3  // fp16 parts of the activation
 
@@ -106,12 +102,6 @@ struct Stage {  // one super-block's operands, loaded ahead of their use
   uint32_t m;     // the group offsets 2c, 2c+1 (u8 each, low half)
 };
 
-__device__ __forceinline__ void prefetch_l2(const void* p, uint32_t bytes) {
-#if PREFETCH
-  if (bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes));
-#endif
-}
-
 // A row's four lanes read 64 contiguous bytes per load (whole 32-byte sectors: a lane reading
 // two 16-byte halves of one sector in two loads had every sector fetched twice from L2).
 __device__ __forceinline__ Stage load_stage(const uint32_t* q, const uint8_t* s,
@@ -170,21 +160,6 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   float tot0[ROW_BLOCKS], tot1[ROW_BLOCKS], mins[ROW_BLOCKS];
   auto start = [&](int next_task) {  // a task's rows and its first super-block's loads
     first0 = next_task * ROW_BLOCKS * STEP;
-    if (ROW_BLOCKS * 8 <= 32) {
-      // the task's words in bulk (a slice of a row a lane): the loads below then find them in
-      // L2 or on the way, so far more bytes are in flight than the register ring holds
-      constexpr int ROWS = ROW_BLOCKS * 8, PER = 32 / (ROWS > 32 ? 32 : ROWS);
-      const int idx = lane % ROWS, part = lane / ROWS, j = idx % 8;
-      const int first = min(first0 + idx / 8 * STEP, rows_out - STEP);
-#if ACT
-      const int rr = j < 4 ? first + j : n / 2 + first + j - 4;
-#else
-      const int rr = first + j;
-#endif
-      const uint32_t units = nt * 8, lo = part * units / PER, hi = (part + 1) * units / PER;
-      if (part < PER)
-        prefetch_l2(q + (size_t)rr * stride_q + (size_t)t_lo * 32 + lo * 4, (hi - lo) * 16);
-    }
 #pragma unroll
     for (int r = 0; r < ROW_BLOCKS; r++) {
       const int first = min(first0 + r * STEP, rows_out - STEP);
