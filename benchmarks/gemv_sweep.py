@@ -119,19 +119,22 @@ def sweep_mma(args):
             (lambda v: qgemv_gated(x, v, act, config=tiles)) if gated
             else (lambda v: qgemv(x, v, config=tiles))))
         results = []
-        for warps, row_blocks, split in itertools.product((2, 4, 8), (1, 2, 4), (1, 2, 4)):
-            if gated and split > 1 or w.tiles < 2 * split:
+        for warps, row_blocks, split, k_warps in itertools.product((2, 4, 8), (1, 2, 4),
+                                                                    (1, 2, 4), (1, 2, 4, 8)):
+            # K split by blocks (a second kernel adds their sums) or by a block's warps
+            if (gated and split > 1 or w.tiles < 2 * split * k_warps or k_warps > warps
+                    or split > 1 and k_warps > 1):
                 continue
-            cfg = mma_gemv.MmaConfig(warps, row_blocks, split)
+            cfg = mma_gemv.MmaConfig(warps, row_blocks, split, k_warps)
             results.append((graph_gbs(copies, x, None, gemv=lambda v: mma_gemv.gemv(
                 x, v, act=act, config=cfg)), cfg))
         results.sort(key=lambda r: -r[0])
         best_gbs, best = results[0]
         key = f"q4_k{' gated' if gated else ''} {rows} {cols}"
         if best_gbs > triton_gbs:
-            table[key] = [best.warps, best.row_blocks, best.split_k]
+            table[key] = [best.warps, best.row_blocks, best.split_k, best.k_warps]
         print(f"{key} ({kind}, {w.nbytes / 1e6:.1f} MB): triton {tiles} {triton_gbs:.0f} GB/s; "
-              "mma " + "; ".join(f"{c.warps}/{c.row_blocks}/{c.split_k} {g:.0f}"
+              "mma " + "; ".join(f"{c.warps}/{c.row_blocks}/{c.split_k}/{c.k_warps} {g:.0f}"
                                  for g, c in results[:4])
               + f" -> {'mma' if key in table else 'triton'}", flush=True)
         write_table(args.write_table, table)

@@ -38,7 +38,8 @@ ACT_CODES = {None: 0, "silu": 1, "gelu_tanh": 2}
 class MmaConfig:
     warps: int  # warps a block, sharing one staged activation
     row_blocks: int  # blocks of 8 weight rows (4 output rows when gated) a warp computes at once
-    split_k: int
+    split_k: int  # blocks over K, their partial sums added by a second kernel
+    k_warps: int = 1  # warps of a block sharing a task over K, added in shared memory
 
 
 def supported(x: torch.Tensor, w) -> bool:
@@ -68,7 +69,7 @@ def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_d
     major, minor = _capability(device)
     image = cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
                                       dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
-                                           PDL=int(pdl), ACT=act))
+                                           KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act))
     return cuda_driver.Kernel(image, "q4k_mma_gemv", device)
 
 
@@ -115,16 +116,18 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
     splits = -(-w.tiles // per_split)
     rows_out = w.n // 2 if gated else w.n
     tasks = -(-rows_out // ((4 if gated else 8) * cfg.row_blocks))
+    assert cfg.warps % cfg.k_warps == 0, "a block holds whole groups of k_warps"
     if out is None or splits > 1:
         partial = torch.empty((splits, rows_out), device=x.device, dtype=torch.float32)
     else:
         partial = out.view(1, rows_out)
     pdl = pdl_enabled(x.device)
     kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl)
-    shared = per_split * SHARED_PER_TILE
+    shared = per_split * SHARED_PER_TILE + (cfg.warps * cfg.row_blocks * 8 * 4
+                                            if cfg.k_warps > 1 else 0)
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
     resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(x.device)
-    blocks = max(1, min(-(-tasks // cfg.warps), resident // splits))
+    blocks = max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))
     kernel((blocks, splits), 32 * cfg.warps, shared,
            torch.cuda.current_stream(x.device).cuda_stream,
            x, partial, w.q, w.s, w.b, w.sd, w.n, w.tiles, per_split,

@@ -33,10 +33,10 @@ def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.skipif(cuda_driver.nvcc_path() is None, reason="no nvcc")
-@pytest.mark.parametrize("act", [0, 1, 2])
-def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act):
+@pytest.mark.parametrize("act,k_warps", [(0, 1), (1, 1), (2, 1), (0, 4), (1, 2)])
+def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act, k_warps):
     monkeypatch.setenv(cuda_driver.CACHE_ENV, str(tmp_path))
-    defines = dict(WARPS=8, ROW_BLOCKS=2, ACT=act)
+    defines = dict(WARPS=8, ROW_BLOCKS=2, ACT=act, KSPLIT=k_warps, PDL=1)
     image = cuda_driver.compile_cubin(mma_gemv.SOURCE, "sm_90", defines)
     assert image[:4] == b"\x7fELF"
     assert list(tmp_path.glob("*.cubin")), "the cubin is cached"
@@ -67,7 +67,8 @@ def test_a_kernel_that_does_not_build_falls_back_with_one_warning(tmp_path, monk
 
 @needs_gpu
 @pytest.mark.parametrize("rows,cols", [(1024, 4096), (1032, 1536), (64, 256)])
-@pytest.mark.parametrize("config", [(4, 1, 1), (2, 4, 1), (4, 1, 4), (8, 2, 2)],
+@pytest.mark.parametrize("config", [(4, 1, 1), (2, 4, 1), (4, 1, 4), (8, 2, 2), (8, 1, 1, 4),
+                                    (8, 2, 1, 8), (4, 2, 3, 2)],
                          ids=lambda c: "/".join(map(str, c)))
 @pytest.mark.parametrize("scale", [1.0, 3e4, 1e-5])
 def test_gemv_matches_reference_product(rows, cols, config, scale):
@@ -85,7 +86,8 @@ def test_gemv_matches_reference_product(rows, cols, config, scale):
 
 @needs_gpu
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
-@pytest.mark.parametrize("config", [(8, 2, 1), (2, 4, 1)], ids=lambda c: "/".join(map(str, c)))
+@pytest.mark.parametrize("config", [(8, 2, 1), (2, 4, 1), (8, 2, 1, 4)],
+                         ids=lambda c: "/".join(map(str, c)))
 def test_gated_epilogue_matches_reference(act, config):
     w = _q4k(2 * 1028, 2048, "cuda", seed=3)  # [gate; up], 1028 output rows: a partial block
     x = torch.randn(2048, device="cuda", generator=torch.Generator("cuda").manual_seed(4))

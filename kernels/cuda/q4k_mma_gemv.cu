@@ -28,6 +28,9 @@
 #ifndef ROW_BLOCKS
 #define ROW_BLOCKS 1  // blocks of 8 rows a warp computes side by side
 #endif
+#ifndef KSPLIT
+#define KSPLIT 1  // warps of a block that share a task, each over 1/KSPLIT of the super-blocks
+#endif
 #ifndef PDL
 #define PDL 0  // launched as a programmatic dependent (kernels/launch.py; sm_90+)
 #endif
@@ -152,9 +155,17 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   // and stores nothing. The grid holds as many blocks as the SMs run at once and each warp
   // takes every (grid warps)-th task: SMs end with equal shares where a block per set of rows
   // left some SMs two blocks and others one, and the activation is staged once per block.
+  //
+  // KSPLIT > 1: the warps of a block form groups of KSPLIT that share a task, each warp over
+  // its share of the super-blocks, and add their sums through shared memory; a product of few
+  // rows then keeps every warp busy without a second kernel adding split-K partial sums (which
+  // also breaks the chain of dependent launches).
+  constexpr int GROUPS = WARPS / KSPLIT;
+  const int group = warp / KSPLIT, kpart = warp % KSPLIT;
+  const int k_lo = kpart * nt / KSPLIT, k_hi = (kpart + 1) * nt / KSPLIT;
   const int tasks = (rows_out + STEP * ROW_BLOCKS - 1) / (STEP * ROW_BLOCKS);
-  const int task_stride = gridDim.x * WARPS;
-  int task = blockIdx.x * WARPS + warp, first0;
+  const int task_stride = gridDim.x * GROUPS;
+  int task = blockIdx.x * GROUPS + group, first0;
   int row[ROW_BLOCKS];
   Stage ring[ROW_BLOCKS];  // each row block's next super-block, loading during this one
   float tot0[ROW_BLOCKS], tot1[ROW_BLOCKS], mins[ROW_BLOCKS];
@@ -168,8 +179,9 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
 #else
       row[r] = first + g;
 #endif
-      ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd, t_lo,
-                           c, pol);
+      // (a warp with no super-blocks, k_lo = nt, loads one it never uses, inside the row)
+      ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd,
+                           min(t_lo + k_lo, tiles - 1), c, pol);
       tot0[r] = tot1[r] = mins[r] = 0.0f;
     }
   };
@@ -229,7 +241,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
 #endif
 
   for (; task < tasks; task += task_stride) {
-  for (int tt = 0; tt < nt; tt++) {
+  for (int tt = k_lo; tt < k_hi; tt++) {
     uint4 a[8];
     const uint4* xt = xa + (tt * 8 * 4 + c) * PARTS + part;
 #pragma unroll
@@ -239,7 +251,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
 #pragma unroll
     for (int r = 0; r < ROW_BLOCKS; r++) {
       const Stage cur = ring[r];
-      if (tt + 1 < nt)
+      if (tt + 1 < k_hi)
         ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd,
                              t_lo + tt + 1, c, pol);
       // (s_p, s_p+4) as fp16 pairs; odd fields sit 4 bits up, so their scale is s / 16
@@ -274,6 +286,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
                      mins[r]);
     }
   }
+  float val[ROW_BLOCKS];  // lane (g, c): weight row g of each row block
 #pragma unroll
   for (int r = 0; r < ROW_BLOCKS; r++) {
     // parts (g) into one sum per accumulator row, offsets (c) into one per weight row
@@ -286,13 +299,31 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
     m += __shfl_xor_sync(FULL, m, 1);
     m += __shfl_xor_sync(FULL, m, 2);
     const float even = __shfl_sync(FULL, t0, g >> 1), odd = __shfl_sync(FULL, t1, g >> 1);
-    const float val = ((g & 1) ? odd : even) + m;
-    const bool stores = first0 + r * STEP < rows_out && c == 0;
+    val[r] = ((g & 1) ? odd : even) + m;
+  }
+#if KSPLIT > 1
+  {  // the group's warps add their sums in a fixed order (after the staged activation)
+    float* red = inv + nt + group * KSPLIT * ROW_BLOCKS * 8;  // [KSPLIT][ROW_BLOCKS][8 rows]
+#pragma unroll
+    for (int r = 0; r < ROW_BLOCKS; r++)
+      if (c == 0) red[(kpart * ROW_BLOCKS + r) * 8 + g] = val[r];
+    asm volatile("bar.sync %0, %1;" ::"r"(group + 1), "r"(KSPLIT * 32) : "memory");
+#pragma unroll
+    for (int r = 0; r < ROW_BLOCKS; r++) {
+      val[r] = 0.0f;
+      for (int k = 0; k < KSPLIT; k++) val[r] += red[(k * ROW_BLOCKS + r) * 8 + g];
+    }
+    asm volatile("bar.sync %0, %1;" ::"r"(group + 1), "r"(KSPLIT * 32) : "memory");
+  }
+#endif
+#pragma unroll
+  for (int r = 0; r < ROW_BLOCKS; r++) {
+    const bool stores = first0 + r * STEP < rows_out && c == 0 && kpart == 0;
 #if ACT
-    const float up = __shfl_sync(FULL, val, lane + 16);
-    if (stores && g < 4) out[row[r]] = activate(val * alpha) * (up * alpha);
+    const float up = __shfl_sync(FULL, val[r], lane + 16);
+    if (stores && g < 4) out[row[r]] = activate(val[r] * alpha) * (up * alpha);
 #else
-    if (stores) out[(size_t)blockIdx.y * n + row[r]] = val * alpha;
+    if (stores) out[(size_t)blockIdx.y * n + row[r]] = val[r] * alpha;
 #endif
   }
   if (task + task_stride < tasks) start(task + task_stride);
