@@ -155,7 +155,7 @@ class FastTransformer:
             x, h = self.project_residual(x, f, w.down, w.ffn_post_norm, norm, tap,
                                          (("ffn_out", i), ("ffn_post_norm", i), ("l_out", i),
                                           ("result_norm", GLOBAL) if last
-                                          else ("attn_norm", i + 1)), defer=not last)
+                                          else ("attn_norm", i + 1)))
         if last_only and not isinstance(h, DeferredNorm):
             h = h[-1:]
         logits = qmatmul(h, self.output)
@@ -163,19 +163,12 @@ class FastTransformer:
             logits = softcap(logits, cfg.final_logit_softcap)
         return emit(tap, "result_output", GLOBAL, logits)
 
-    def project_residual(self, x, a, w: PackedWeight, post_norm, norm, tap, names,
-                         defer: bool = True):
+    def project_residual(self, x, a, w: PackedWeight, post_norm, norm, tap, names):
         """x + post_norm(W a) and the norm of that, for the next product. A one-token step with
         no tap and no post-norm adds in the GEMV's epilogue and hands the norm on deferred
-        (`DeferredNorm`: the next GEMV applies the 1/rms), so no norm kernel runs. Not the
-        output norm (`defer` False): each of the output product's ~32k programs would read the
-        producer's sums (8B shape: +9.6 us on that GEMV against a 2.9 us norm kernel)."""
-        eps = self.cfg.rms_eps
+        (`DeferredNorm`: the next GEMV applies the 1/rms), so no norm kernel runs."""
         if tap is None and a.shape[0] == 1 and post_norm is None:
-            if defer:
-                return x, qgemv_residual(a[0], w, x[0], norm, eps)
-            qgemv_residual(a[0], w, x[0])
-            return x, residual_norm(x, norm, eps)[1]
+            return x, qgemv_residual(a[0], w, x[0], norm, self.cfg.rms_eps)
         (name, i), *rest = names
         return self.residual(x, emit(tap, name, i, qmatmul(a, w)), post_norm, norm, tap, rest)
 

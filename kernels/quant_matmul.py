@@ -291,15 +291,10 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     t_hi = tl.minimum(t_lo + tiles_per_split, T)
     step = tl.arange(0, NT)[None, :, None, None, None]
     wait_inputs(PDL)
-    # the epilogues' inputs are loaded before the loop and used after it: a load issued there
-    # would hold up the program's first weight loads (or its end) by a trip to L2
-    if SQ_BLOCK > 0:
+    if SQ_BLOCK > 0:  # every program sums the same values in the same order: one 1 / rms
         p = tl.arange(0, SQ_BLOCK)
-        sq = tl.load(sq_in_ptr + p, mask=p < n_sq, other=0.0)
-    if ADD > 0:
-        h_in = tl.load(out_ptr + rows, mask=row_ok, other=0.0)
-        if ADD == 2:
-            g_rows = tl.load(g_ptr + rows, mask=row_ok, other=0.0)
+        sq = tl.sum(tl.load(sq_in_ptr + p, mask=p < n_sq, other=0.0), axis=0)
+        alpha = alpha / tl.sqrt(sq / K + eps)
     # early: the next kernel's launch and prologue overlap this grid's last programs (8B
     # Q4_K_M decode 346.7 -> 349.4 t/s against a release before the stores)
     release_dependents(PDL)
@@ -345,15 +340,14 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
         if BIAS > 0:
             s_acc += b_acc
         acc += s_acc
-    if SQ_BLOCK > 0:  # every program sums the same values in the same order: one 1 / rms
-        alpha = alpha / tl.sqrt(tl.sum(sq, axis=0) / K + eps)
     total = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=4), axis=2), axis=1), axis=0) * (UNIT_MIN
                                                                                   * alpha)
     if ADD > 0:
-        h = h_in + total
+        h = tl.load(out_ptr + rows, mask=row_ok, other=0.0) + total
         tl.store(out_ptr + rows, h, mask=row_ok)
         if ADD == 2:
-            tl.store(xg_ptr + rows, h * g_rows, mask=row_ok)
+            tl.store(xg_ptr + rows, h * tl.load(g_ptr + rows, mask=row_ok, other=0.0),
+                     mask=row_ok)
             tl.store(sq_out_ptr + pid, tl.sum(tl.where(row_ok, h * h, 0.0), axis=0))
     elif ACT == 0:
         tl.store(out_ptr + tl.program_id(1) * N + rows, total, mask=row_ok)

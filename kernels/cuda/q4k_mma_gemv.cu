@@ -195,15 +195,13 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
 #if RMS
-  // loaded now, added after the staging: the two loads' latencies overlap (up to SQ_REGS a
-  // thread held in registers; a longer list is read on in a loop)
-  constexpr int SQ_REGS = 4;
   __shared__ float sq_warp[WARPS];  // each warp's share of the sums, added in order below
-  float sq_v[SQ_REGS];
+  {
+    float part = 0.0f;
+    for (int i = threadIdx.x; i < n_sq; i += WARPS * 32) part += sq[i];
 #pragma unroll
-  for (int j = 0; j < SQ_REGS; j++) {
-    const int i = threadIdx.x + j * WARPS * 32;
-    sq_v[j] = i < n_sq ? sq[i] : 0.0f;
+    for (int o = 16; o; o >>= 1) part += __shfl_xor_sync(FULL, part, o);
+    if (lane == 0) sq_warp[warp] = part;
   }
 #endif
   // stage the activation: a warp per super-block, lane = word position (see Stage)
@@ -250,17 +248,6 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
       xa[((tt * 8 + i) * 4 + wc) * PARTS + m] =
           make_uint4(piece[m][0], piece[m][2], piece[m][1], piece[m][3]);
   }
-#if RMS
-  {
-    float part = 0.0f;
-#pragma unroll
-    for (int j = 0; j < SQ_REGS; j++) part += sq_v[j];
-    for (int i = threadIdx.x + SQ_REGS * WARPS * 32; i < n_sq; i += WARPS * 32) part += sq[i];
-#pragma unroll
-    for (int o = 16; o; o >>= 1) part += __shfl_xor_sync(FULL, part, o);
-    if (lane == 0) sq_warp[warp] = part;
-  }
-#endif
   __syncthreads();
 #if RMS
   float sum_sq = 0.0f;
