@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 import torch
 
-from impdiff.engine.model import ffn_activation
 from impdiff.engine.packed import pack_gguf
 from impdiff.kernels import cuda_driver, mma_gemv
 from impdiff.kernels.activation import gated_activation
@@ -110,7 +109,7 @@ def test_deferred_norm_input_matches_norm_then_product(act):
     norm = DeferredNorm(h * g, sq, 1e-5)
     normed = ((h.double() * torch.rsqrt((h.double() ** 2).mean() + 1e-5)) * g.double()).cpu()
     y = dequantize_reference(w).double().cpu() @ normed
-    expected = y if act is None else ffn_activation(act, y[:1028]) * y[1028:]
+    expected = y if act is None else gated_activation(act, y[None, :1028], y[None, 1028:])[0]
     got = mma_gemv.gemv(norm.xg, w, act=act, config=mma_gemv.MmaConfig(8, 2, 1), norm=norm)
     assert _rel_err(got, expected.double()) < 2e-6
 
