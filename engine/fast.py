@@ -5,10 +5,8 @@ Same model, same tap names, different execution:
 * weights stay quantised on the GPU in the kernels' plane layout (`engine.packed`); Q/K/V and
   gate/up are fused into one weight where their formats agree;
 * one token runs fused dequantise-GEMVs in float32; more tokens dequantise to fp16 for cuBLAS;
-* norms are fused with the residual add around them; in a one-token step (llama-like layers, no
-  post-norms) the add is the epilogue of the output projection's GEMV and the norm's 1/rms is
-  applied by the next GEMV (`DeferredNorm`), so no norm kernel runs; the gated activation is the
-  epilogue of the gate/up GEMV, RoPE writes K straight into a static fp16 KV cache, attention is one flash
+* norms are fused with the residual add around them, the gated activation is the epilogue of the
+  gate/up GEMV, RoPE writes K straight into a static fp16 KV cache, attention is one flash
   kernel whose key range comes from device-side positions;
 * greedy decode is a CUDA graph captured once and replayed per token: the next token is picked
   on the GPU and fed back without the host (`FastSession.generate_greedy`).
@@ -28,8 +26,7 @@ import torch
 from ..kernels.activation import gated_activation
 from ..kernels.attention import attention, decode_splits
 from ..kernels.norm_rope import residual_norm, rope, rope_qkv
-from ..kernels.quant_matmul import (DeferredNorm, PackedWeight, concat_rows, qgemv, qgemv_gated,
-                                    qgemv_residual, qmatmul)
+from ..kernels.quant_matmul import PackedWeight, concat_rows, qgemv, qgemv_gated, qmatmul
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_file import GGUFFile
@@ -146,31 +143,21 @@ class FastTransformer:
         h = emit(tap, "attn_norm", 0, h)
         for i, w in enumerate(self.layers):
             a = self.attention(i, h, positions, tap)
-            x, h = self.project_residual(x, a, w.wo, w.attn_post_norm, w.ffn_norm, tap,
-                                         (("attn_out", i), ("attn_post_norm", i),
-                                          ("ffn_inp", i), ("ffn_norm", i)))
+            a = emit(tap, "attn_out", i, qmatmul(a, w.wo))
+            x, h = self.residual(x, a, w.attn_post_norm, w.ffn_norm, tap,
+                                 (("attn_post_norm", i), ("ffn_inp", i), ("ffn_norm", i)))
             f = self.mlp(i, h, tap)
             last = i == cfg.n_layer - 1
             norm = self.output_norm if last else self.layers[i + 1].attn_norm
-            x, h = self.project_residual(x, f, w.down, w.ffn_post_norm, norm, tap,
-                                         (("ffn_out", i), ("ffn_post_norm", i), ("l_out", i),
-                                          ("result_norm", GLOBAL) if last
-                                          else ("attn_norm", i + 1)))
-        if last_only and not isinstance(h, DeferredNorm):
+            x, h = self.residual(x, f, w.ffn_post_norm, norm, tap,
+                                 (("ffn_post_norm", i), ("l_out", i),
+                                  ("result_norm", GLOBAL) if last else ("attn_norm", i + 1)))
+        if last_only:
             h = h[-1:]
         logits = qmatmul(h, self.output)
         if cfg.final_logit_softcap:
             logits = softcap(logits, cfg.final_logit_softcap)
         return emit(tap, "result_output", GLOBAL, logits)
-
-    def project_residual(self, x, a, w: PackedWeight, post_norm, norm, tap, names):
-        """x + post_norm(W a) and the norm of that, for the next product. A one-token step with
-        no tap and no post-norm adds in the GEMV's epilogue and hands the norm on deferred
-        (`DeferredNorm`: the next GEMV applies the 1/rms), so no norm kernel runs."""
-        if tap is None and a.shape[0] == 1 and post_norm is None:
-            return x, qgemv_residual(a[0], w, x[0], norm, self.cfg.rms_eps)
-        (name, i), *rest = names
-        return self.residual(x, emit(tap, name, i, qmatmul(a, w)), post_norm, norm, tap, rest)
 
     def residual(self, x, h, post_norm, norm, tap, names):
         """x + post_norm(h), and its norm: one kernel, or three steps that each show a tap."""
@@ -186,7 +173,7 @@ class FastTransformer:
     def attention(self, i: int, h: torch.Tensor, positions: torch.Tensor,
                   tap: TapFn | None) -> torch.Tensor:
         cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
-        T, d = _n_tokens(h), L.head_dim
+        T, d = h.shape[0], L.head_dim
         cos, sin = self.rope_tables[self._rope_key(L)]
         neox = cfg.spec.rope_neox
         qkv = _project(h, w.qkv).view(T, L.n_head + 2 * L.n_head_kv, d)
@@ -210,33 +197,27 @@ class FastTransformer:
                                              cfg.attn_scale, window, 0.0, splits))
         return emit(tap, "kqv_out", i, out.reshape(T, L.n_head * d))
 
-    def mlp(self, i: int, h, tap: TapFn | None) -> torch.Tensor:
-        """act(gate) * up: the input of the down projection."""
+    def mlp(self, i: int, h: torch.Tensor, tap: TapFn | None) -> torch.Tensor:
         w, act = self.layers[i], self.cfg.spec.ffn_act
-        if tap is None and _n_tokens(h) == 1 and len(w.gate_up) == 1:
-            x = h if isinstance(h, DeferredNorm) else h[0]
-            return qgemv_gated(x, w.gate_up[0], act)[None]  # the activation in its epilogue
+        if tap is None and h.shape[0] == 1 and len(w.gate_up) == 1:
+            a = qgemv_gated(h[0], w.gate_up[0], act)[None]  # the activation in its epilogue
+            return qmatmul(a, w.down)
         gate, up = _project(h, w.gate_up).chunk(2, dim=-1)
         if tap is None:
-            return gated_activation(act, gate, up)
+            return qmatmul(gated_activation(act, gate, up), w.down)
         gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
-        return emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+        a = emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+        return emit(tap, "ffn_out", i, qmatmul(a, w.down))
 
 
-def _n_tokens(h: torch.Tensor | DeferredNorm) -> int:
-    return 1 if isinstance(h, DeferredNorm) else h.shape[0]
-
-
-def _project(h: torch.Tensor | DeferredNorm, weights: list[PackedWeight]) -> torch.Tensor:
+def _project(h: torch.Tensor, weights: list[PackedWeight]) -> torch.Tensor:
     """h times each weight, outputs side by side (one token: written in place, no concat)."""
     if len(weights) == 1:
         return qmatmul(h, weights[0])
-    if _n_tokens(h) > 1:
+    if h.shape[0] > 1:
         return torch.cat([qmatmul(h, w) for w in weights], dim=-1)
-    x = h if isinstance(h, DeferredNorm) else h.reshape(-1)
-    out = torch.empty(1, sum(w.n for w in weights), device=weights[0].q.device,
-                      dtype=torch.float32)
-    lo = 0
+    out = torch.empty(1, sum(w.n for w in weights), device=h.device, dtype=torch.float32)
+    x, lo = h.reshape(-1), 0
     for w in weights:
         qgemv(x, w, out=out[0, lo:lo + w.n])
         lo += w.n

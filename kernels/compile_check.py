@@ -56,19 +56,16 @@ def check() -> list[str]:
     q = quant_matmul
     for name, planes in PLANE_TYPES.items():
         fa = q._fmt_args(q.FORMATS[name])
-        # (rows, lanes, warps, unmasked, gated epilogue's activation or 0, deferred-norm
-        # epilogue ADD, deferred-norm input SQ_BLOCK); the gated silu variant as a
-        # programmatic dependent launch (kernels/launch.py)
-        for bn, lanes, warps, even, act, add, sq in (
-                (1, 2, 1, False, 0, 0, 0), (4, 4, 1, True, 0, 2, 0), (4, 4, 2, False, 1, 0, 512),
-                (8, 2, 1, True, 2, 0, 0), (2, 4, 1, True, 0, 0, 1024)):
+        # (rows, lanes, warps, unmasked, gated epilogue's activation or 0); the gated silu
+        # variant as a programmatic dependent launch (kernels/launch.py)
+        for bn, lanes, warps, even, act in ((1, 2, 1, False, 0), (4, 4, 1, True, 0),
+                                            (4, 4, 2, False, 1), (8, 2, 1, True, 2)):
             attempt(f"qgemv {name} {bn}/{lanes}/{warps}{' even' if even else ''}"
-                    f"{f' gated {act}' if act else ''}{f' add {add}' if add else ''}"
-                    f"{f' rms {sq}' if sq else ''}", q._qgemv_kernel,
+                    f"{f' gated {act}' if act else ''}", q._qgemv_kernel,
                     ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32", "i32"]
-                    + ["i32"] * 4 + ["*fp32"] * 4 + ["i32", "fp32"],
+                    + ["i32"] * 4,
                     dict(fa, BLOCK_N=bn, NT=32 * warps // lanes, L=lanes, EVEN=even, ACT=act,
-                         ADD=add, SQ_BLOCK=sq, PDL=act == 1),
+                         PDL=act == 1),
                     num_warps=warps)
         attempt(f"dequant {name}", q._dequant_kernel,
                 ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 4,

@@ -65,23 +65,20 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 @functools.cache
-def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, rms: bool = False
-            ) -> cuda_driver.Kernel:
+def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_driver.Kernel:
     major, minor = _capability(device)
     image = cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
                                       dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
-                                           KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act,
-                                           RMS=int(rms)))
+                                           KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act))
     return cuda_driver.Kernel(image, "q4k_mma_gemv", device)
 
 
-def choose(x: torch.Tensor, w, act: str | None = None, rms: bool = False) -> MmaConfig | None:
+def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
     """This kernel's config for W x (with `act`: the gated product), or None where the Triton
     GEMV runs it: the shapes of this GPU's table (tuning/<device name>.mma.json, written by
     benchmarks/gemv_sweep.py --kernel mma only where this kernel was faster), else, with no
     table for the GPU, the gated gate/up product (the largest of a decode step, where it led on
-    the H100) at eight warps of two row blocks. `rms`: x is a deferred norm's (the variant
-    whose build is checked)."""
+    the H100) at eight warps of two row blocks."""
     gated = act is not None
     if not supported(x, w) or (gated and (w.n // 2) % 4):
         return None
@@ -91,15 +88,15 @@ def choose(x: torch.Tensor, w, act: str | None = None, rms: bool = False) -> Mma
     else:
         tuned = table.get(f"q4_k{' gated' if gated else ''} {w.n} {w.k}")
         cfg = MmaConfig(*tuned) if tuned else None
-    return cfg if cfg and _builds(x.device, cfg, act, rms) else None
+    return cfg if cfg and _builds(x.device, cfg, act) else None
 
 
 @functools.cache
-def _builds(device: torch.device, cfg: MmaConfig, act: str | None, rms: bool = False) -> bool:
+def _builds(device: torch.device, cfg: MmaConfig, act: str | None) -> bool:
     """Whether nvcc builds the kernel here; if not, one warning and the Triton GEMV (a toolkit
     too old for the GPU should cost speed, not the run)."""
     try:
-        _kernel(device, cfg, ACT_CODES[act], pdl_enabled(device), rms)
+        _kernel(device, cfg, ACT_CODES[act], pdl_enabled(device))
         return True
     except cuda_driver.CudaBuildError as exc:
         warnings.warn(f"the tensor-core GEMV did not build ({str(exc).splitlines()[-1]}); the "
@@ -108,10 +105,9 @@ def _builds(device: torch.device, cfg: MmaConfig, act: str | None, rms: bool = F
 
 
 def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = None,
-         config: MmaConfig | None = None, norm=None) -> torch.Tensor:
+         config: MmaConfig | None = None) -> torch.Tensor:
     """W x for one token, x [k] float32 -> [n] float32; with `act`, W = [gate; up] and the
-    result is act(gate) * up [n / 2]. A split K adds its partial sums in a fixed order. With
-    `norm` (a `quant_matmul.DeferredNorm` whose xg is x) the product is scaled by its 1/rms."""
+    result is act(gate) * up [n / 2]. A split K adds its partial sums in a fixed order."""
     gated = act is not None
     cfg = config or (MmaConfig(8, 2, 1) if gated else MmaConfig(4, 1, 1))
     if gated:
@@ -126,7 +122,7 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
     else:
         partial = out.view(1, rows_out)
     pdl = pdl_enabled(x.device)
-    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl, norm is not None)
+    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl)
     shared = per_split * SHARED_PER_TILE + (cfg.warps * cfg.row_blocks * 8 * 4
                                             if cfg.k_warps > 1 else 0)
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
@@ -136,8 +132,7 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
            torch.cuda.current_stream(x.device).cuda_stream,
            x, partial, w.q, w.s, w.b, w.sd, w.n, w.tiles, per_split,
            w.q.stride(0), w.s.stride(0), w.b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
-           F16_1024, norm.sq if norm else x, norm.sq.numel() if norm else 0,
-           norm.eps if norm else 0.0, pdl=pdl)
+           F16_1024, pdl=pdl)
     if splits == 1:
         return partial.view(rows_out)
     return torch.sum(partial, dim=0, out=out)

@@ -39,8 +39,8 @@ from . import mma_gemv
 from .activation import ACTIVATIONS, activate, gated_activation
 from .launch import pdl_options, release_dependents, sm_count, tuning_table, wait_inputs
 
-__all__ = ["QuantFormat", "PackedWeight", "FORMATS", "DeferredNorm", "qgemv", "qgemv_gated",
-           "qgemv_residual", "dequantize", "qmatmul", "dequantize_reference"]
+__all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated", "dequantize",
+           "qmatmul", "dequantize_reference"]
 
 
 @dataclass(frozen=True)
@@ -244,21 +244,14 @@ def _thread_sum(v):
 @triton.jit
 def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_per_split, alpha,
                   one_bits, stride_q, stride_s, stride_b, stride_sd,
-                  g_ptr, xg_ptr, sq_out_ptr, sq_in_ptr, n_sq, eps,
                   G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
                   CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
                   BLOCK_N: tl.constexpr, NT: tl.constexpr, L: tl.constexpr, EVEN: tl.constexpr,
-                  ACT: tl.constexpr, ADD: tl.constexpr = 0, SQ_BLOCK: tl.constexpr = 0,
-                  PDL: tl.constexpr = False):
+                  ACT: tl.constexpr, PDL: tl.constexpr = False):
     """out[split, n] = alpha * sum_k W[n, k] x[k] over this program's rows and share of tiles.
 
     ACT > 0 (one split), the gated epilogue that replaces an activation kernel: W is [gate; up],
     a program takes BLOCK_N / 2 rows of each half and writes activate(gate, ACT) * up ([N / 2]).
-
-    Deferred norms (`DeferredNorm`), so that no norm kernel runs between two GEMVs: ADD > 0 (one
-    split), out is the residual stream and gets the product added in place; ADD 2 also writes
-    the next norm's input h * g (xg) and this program's sum of h^2 (sq_out[pid]). SQ_BLOCK > 0:
-    x is such an h * g and the product is scaled by 1 / rms(h), from the n_sq sums in sq_in.
 
     Tiles are [L lanes, NT tiles, Q quarters, BLOCK_N rows, 4 words]: lanes and tiles across a
     warp's threads, the rest in each thread's registers. Dims are ordered so the compiler's
@@ -291,10 +284,6 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     t_hi = tl.minimum(t_lo + tiles_per_split, T)
     step = tl.arange(0, NT)[None, :, None, None, None]
     wait_inputs(PDL)
-    if SQ_BLOCK > 0:  # every program sums the same values in the same order: one 1 / rms
-        p = tl.arange(0, SQ_BLOCK)
-        sq = tl.sum(tl.load(sq_in_ptr + p, mask=p < n_sq, other=0.0), axis=0)
-        alpha = alpha / tl.sqrt(sq / K + eps)
     # early: the next kernel's launch and prologue overlap this grid's last programs (8B
     # Q4_K_M decode 346.7 -> 349.4 t/s against a release before the stores)
     release_dependents(PDL)
@@ -342,14 +331,7 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
         acc += s_acc
     total = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=4), axis=2), axis=1), axis=0) * (UNIT_MIN
                                                                                   * alpha)
-    if ADD > 0:
-        h = tl.load(out_ptr + rows, mask=row_ok, other=0.0) + total
-        tl.store(out_ptr + rows, h, mask=row_ok)
-        if ADD == 2:
-            tl.store(xg_ptr + rows, h * tl.load(g_ptr + rows, mask=row_ok, other=0.0),
-                     mask=row_ok)
-            tl.store(sq_out_ptr + pid, tl.sum(tl.where(row_ok, h * h, 0.0), axis=0))
-    elif ACT == 0:
+    if ACT == 0:
         tl.store(out_ptr + tl.program_id(1) * N + rows, total, mask=row_ok)
     else:
         gate, up = tl.split(tl.permute(tl.reshape(total, (2, HALF)), (1, 0)))
@@ -448,35 +430,12 @@ def _interpreter_config(w: PackedWeight) -> GemvConfig:
 TUNING_ENV = "IMPDIFF_GEMV_TABLE"
 
 
-@dataclass(frozen=True)
-class DeferredNorm:
-    """rms_norm(h) * g for the next product, with the 1/rms still to apply: h * g, and each
-    program's sum of h^2 from the GEMV that wrote h (`qgemv_residual`). The consuming product
-    (`qgemv`, `qgemv_gated`, `qmatmul`) sums those in a fixed order and scales its output, so
-    no norm kernel runs between the two GEMVs of a one-token step."""
-
-    xg: torch.Tensor  # [k] float32
-    sq: torch.Tensor  # [producer programs] float32
-    eps: float
-
-    def rinv(self) -> torch.Tensor:
-        """1/rms(h) in torch (the float-weight products)."""
-        return torch.rsqrt(self.sq.sum() / self.xg.numel() + self.eps)
-
-
 def _launch_gemv(x, w: PackedWeight, cfg: GemvConfig, out, programs: int, per_split: int,
-                 splits: int, even: bool, act: int = 0, norm: DeferredNorm | None = None,
-                 add: tuple | None = None):
-    """`add`: (g, xg, sq) for ADD 2, () for ADD 1 (the kernel's deferred-norm epilogue)."""
+                 splits: int, even: bool, act: int = 0):
     planes, strides = _plane_args(w)
-    g, xg, sq_out = add if add else (out, out, out)  # absent: never touched
     _qgemv_kernel[(programs, splits)](
         x, out, *planes, w.n, w.k, w.tiles, per_split, w.alpha, ONE_BITS, *strides,
-        g, xg, sq_out, norm.sq if norm else out, norm.sq.numel() if norm else 0,
-        norm.eps if norm else 0.0,
         **_fmt_args(w.fmt), BLOCK_N=cfg.block_n, NT=cfg.tiles, L=cfg.lanes, EVEN=even, ACT=act,
-        ADD=0 if add is None else 2 if add else 1,
-        SQ_BLOCK=triton.next_power_of_2(norm.sq.numel()) if norm else 0,
         num_warps=cfg.num_warps, **pdl_options(x.device))
 
 
@@ -490,80 +449,45 @@ def _even(w: PackedWeight, cfg: GemvConfig, rows: int, block: int) -> bool:
     return rows % block == 0 and w.tiles % cfg.tiles == 0 and w.k == w.tiles * w.fmt.tile
 
 
-def _split(x) -> tuple[torch.Tensor, DeferredNorm | None]:
-    """An activation as (the vector the kernel reads, its deferred norm or None)."""
-    return (x.xg, x) if isinstance(x, DeferredNorm) else (x, None)
-
-
-def qgemv(x: torch.Tensor | DeferredNorm, w: PackedWeight, config: GemvConfig | None = None,
+def qgemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None = None,
           out: torch.Tensor | None = None) -> torch.Tensor:
-    """W x for one token: x [k] float32 (or a DeferredNorm) -> [n] float32.
+    """W x for one token: x [k] float32 -> [n] float32.
 
     Deterministic: a split K writes partial sums that are added in a fixed order.
     """
-    x, norm = _split(x)
     if w.fmt.qbits == 32:
-        y = torch.mv(w.q, x, out=out)
-        return y if norm is None else y.mul_(norm.rinv())
-    mma = mma_gemv.choose(x, w, rms=norm is not None) if config is None else None
+        return torch.mv(w.q, x, out=out)
+    mma = mma_gemv.choose(x, w) if config is None else None
     if mma:
-        return mma_gemv.gemv(x, w, out=out, config=mma, norm=norm)
+        return mma_gemv.gemv(x, w, out=out, config=mma)
     cfg = _config(x, w, config)
     per_split = triton.cdiv(triton.cdiv(w.tiles, cfg.split_k), cfg.tiles) * cfg.tiles
     splits = triton.cdiv(w.tiles, per_split)
     partial = torch.empty((splits, w.n), device=x.device, dtype=torch.float32) \
         if splits > 1 or out is None else out.view(1, w.n)
     _launch_gemv(x, w, cfg, partial, triton.cdiv(w.n, cfg.block_n), per_split, splits,
-                 _even(w, cfg, w.n, cfg.block_n), norm=norm)
+                 _even(w, cfg, w.n, cfg.block_n))
     if splits == 1:
         return partial.view(w.n)
     return torch.sum(partial, dim=0, out=out)
 
 
-def qgemv_residual(a: torch.Tensor, w: PackedWeight, residual: torch.Tensor,
-                   norm_weight: torch.Tensor | None = None, eps: float = 0.0,
-                   config: GemvConfig | None = None) -> DeferredNorm | None:
-    """residual += W a for one token (a [k], residual [n] float32, in place); with
-    `norm_weight`, rms_norm(residual) * norm_weight as the next product's DeferredNorm.
-
-    One split, on the Triton GEMV whatever the tables say: the add needs each row's whole sum
-    in one program (the output projections' tuned configs are unsplit on the H100; a split one
-    loses its split here, and its reduction kernel with it)."""
-    if w.fmt.qbits == 32:
-        residual += torch.mv(w.q, a)
-        if norm_weight is None:
-            return None
-        return DeferredNorm(residual * norm_weight, (residual * residual).sum().view(1), eps)
-    cfg = replace(_config(a, w, config), split_k=1)
-    programs = triton.cdiv(w.n, cfg.block_n)
-    add = ()
-    if norm_weight is not None:
-        norm = DeferredNorm(torch.empty_like(residual),
-                            torch.empty(programs, device=a.device, dtype=torch.float32), eps)
-        add = (norm_weight, norm.xg, norm.sq)
-    _launch_gemv(a, w, cfg, residual, programs, w.tiles, 1, _even(w, cfg, w.n, cfg.block_n),
-                 add=add)
-    return norm if add else None
-
-
-def qgemv_gated(x: torch.Tensor | DeferredNorm, w: PackedWeight, act: str,
+def qgemv_gated(x: torch.Tensor, w: PackedWeight, act: str,
                 config: GemvConfig | None = None) -> torch.Tensor:
-    """act(gate) * up for one token from the fused weight [gate; up]: x [k] (or a
-    DeferredNorm) -> [n / 2], the activation in the GEMV's epilogue (one split; rows in pairs,
-    one of each half)."""
+    """act(gate) * up for one token from the fused weight [gate; up]: x [k] -> [n / 2], the
+    activation in the GEMV's epilogue (one split; rows in pairs, one of each half)."""
     half = w.n // 2
     if w.fmt.qbits == 32:
         y = qgemv(x, w)
         return gated_activation(act, y[None, :half], y[None, half:])[0]
-    xv, norm = _split(x)
-    mma = mma_gemv.choose(xv, w, act, norm is not None) if config is None else None
+    mma = mma_gemv.choose(x, w, act) if config is None else None
     if mma:
-        return mma_gemv.gemv(xv, w, act=act, config=mma, norm=norm)
-    cfg = _config(xv, w, config)
+        return mma_gemv.gemv(x, w, act=act, config=mma)
+    cfg = _config(x, w, config)
     cfg = replace(cfg, split_k=1, block_n=max(cfg.block_n, 2))
-    out = torch.empty(half, device=xv.device, dtype=torch.float32)
-    _launch_gemv(xv, w, cfg, out, triton.cdiv(half, cfg.block_n // 2), w.tiles, 1,
-                 _even(w, cfg, half, cfg.block_n // 2), act=ACTIVATIONS[act], norm=norm)
+    out = torch.empty(half, device=x.device, dtype=torch.float32)
+    _launch_gemv(x, w, cfg, out, triton.cdiv(half, cfg.block_n // 2), w.tiles, 1,
+                 _even(w, cfg, half, cfg.block_n // 2), act=ACTIVATIONS[act])
     return out
 
 
@@ -588,14 +512,12 @@ def _pow2_row_scale(x: torch.Tensor) -> torch.Tensor:
     return torch.exp2(torch.ceil(torch.log2(amax)))
 
 
-def qmatmul(x: torch.Tensor | DeferredNorm, w: PackedWeight) -> torch.Tensor:
+def qmatmul(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
     """x [t, k] times W^T -> [t, n] float32.
 
-    One token (or a DeferredNorm): the fused GEMV. More: dequantise W to fp16 and one cuBLAS product on
+    One token: the fused GEMV. More: dequantise W to fp16 and one cuBLAS product on
     per-row-rescaled fp16 activations, accumulated in float32.
     """
-    if isinstance(x, DeferredNorm):
-        return qgemv(x, w).view(1, w.n)
     if x.shape[0] == 1:
         return qgemv(x.reshape(-1).contiguous(), w).view(1, w.n)
     if w.fmt.qbits == 32:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 import torch
-from gguf import GGML_QUANT_SIZES
 
 from impdiff.engine import model as ref
 from impdiff.engine.packed import PACKED_TYPES, pack_gguf, pack_nvfp4
@@ -20,7 +19,7 @@ from impdiff.kernels.attention import attention
 from impdiff.kernels.launch import PDL_ENV, pdl_options
 from impdiff.kernels.norm_rope import residual_norm, rope, rope_qkv
 from impdiff.kernels.quant_matmul import (GemvConfig, dequantize, dequantize_reference, qgemv,
-                                          qgemv_gated, qgemv_residual, qmatmul)
+                                          qgemv_gated, qmatmul)
 from .test_quants import T, random_tensor
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -74,45 +73,6 @@ def test_gated_gemv_epilogue_matches_reference(qtype, act):
     # two rows per program: the last program's second pair is past the end
     got = qgemv_gated(x.to(DEVICE), w, act, GemvConfig(4, 4, 2, 2, 1))
     assert (got.cpu().double() - expected).abs().max() <= 1e-5 * expected.abs().max()
-
-
-def _weight_k(qtype, rows, k, seed):
-    """A random [rows, k] tensor of `qtype` (k a multiple of 256)."""
-    if qtype in (T.F32, T.F16, T.BF16):
-        return _finite_float_tensor(qtype, rows, k, seed)
-    return random_tensor(qtype, (rows,), k // GGML_QUANT_SIZES[qtype][0], seed)
-
-
-@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K, T.Q8_0, T.Q4_1, T.F32], ids=lambda t: t.name)
-def test_deferred_norm_between_two_gemvs_matches_norm_then_product(qtype):
-    """The producer adds W a into the residual in place and hands on h * g with its programs'
-    sums of h^2; each consumer (plain, split K, gated, qmatmul) applies 1 / rms itself."""
-    n, k_a, eps = 512, 256, 1e-5
-    gen = torch.Generator().manual_seed(20)
-    raw_o, shape_o = _weight_k(qtype, n, k_a, seed=21)
-    raw_c, shape_c = _weight_k(qtype, 38, n, seed=22)  # [gate; up] for the gated consumer
-    wo, wc = (pack_gguf(r, qtype, s, DEVICE) for r, s in ((raw_o, shape_o), (raw_c, shape_c)))
-    a, residual = torch.randn(k_a, generator=gen), torch.randn(n, generator=gen) * 3
-    g = torch.rand(n, generator=gen) + 0.5
-    h = residual.double() + reference_dequantize(raw_o, qtype, shape_o).double() @ a.double()
-    normed = ref.rms_norm(h[None].float(), g, eps)[0].double()
-    y = reference_dequantize(raw_c, qtype, shape_c).double() @ normed
-
-    res = residual.clone().to(DEVICE)  # updated in place
-    norm = qgemv_residual(a.to(DEVICE), wo, res, g.to(DEVICE), eps)
-    assert (res.cpu().double() - h).abs().max() <= 1e-5 * h.abs().max()
-
-    def close(got, want):
-        return (got.cpu().double() - want).abs().max() <= 2e-5 * want.abs().max()
-
-    assert close(qgemv(norm, wc), y)
-    assert close(qmatmul(norm, wc)[0], y)
-    if qtype != T.F32:
-        assert close(qgemv(norm, wc, config=GemvConfig(4, 4, 2, 2, 1)), y)
-    want = ref.ffn_activation("silu", y[:19]) * y[19:]
-    assert close(qgemv_gated(norm, wc, "silu"), want)
-    assert qgemv_residual(a.to(DEVICE), wo, res, None) is None  # the add alone
-    assert (res.cpu().double() - (2 * h - residual.double())).abs().max() <= 1e-5 * h.abs().max()
 
 
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
@@ -259,22 +219,6 @@ def test_fast_model_matches_reference_model(synth_model, arch, qtype):
     want, got = reference.eval([7]), fast.eval([7]).cpu()  # a decode step: the GEMV path
     assert (got - want).abs().max() < 2e-3 * want.abs().max()
     assert int(got.argmax()) == int(want.argmax())
-
-
-@pytest.mark.parametrize("arch,deferred", [("llama", True), ("gemma3", False)])
-def test_one_token_step_runs_norm_kernels_only_where_it_cannot_defer(synth_model, monkeypatch,
-                                                                    arch, deferred):
-    """llama-like layers: only the embedding's norm is a kernel (the rest are deferred into
-    the GEMVs); Gemma's post-norms keep one kernel (post-norm, add, norm) a residual."""
-    from impdiff.engine import fast
-
-    model = fast.load_fast_model(synth_model(arch, "Q8_0"), DEVICE, max_ctx=16)
-    calls = []
-    monkeypatch.setattr(fast, "residual_norm",
-                        lambda *a, **k: calls.append(1) or residual_norm(*a, **k))
-    model.forward(torch.tensor([3], device=DEVICE), torch.tensor([0], dtype=torch.int32,
-                                                                 device=DEVICE))
-    assert len(calls) == (1 if deferred else 1 + 2 * model.cfg.n_layer)
 
 
 def test_fast_taps_carry_reference_names_and_can_patch(synth_model):

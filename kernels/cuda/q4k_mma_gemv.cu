@@ -37,9 +37,6 @@
 #ifndef ACT
 #define ACT 0  // 0: plain; 1 silu, 2 gelu_tanh: [gate; up] rows in, act(gate) * up out
 #endif
-#ifndef RMS
-#define RMS 0  // x is a deferred norm's h * g: scale by 1 / rms(h) from the n_sq sums in sq
-#endif
 
 #define FULL 0xffffffffu
 #define PARTS 3  // fp16 parts of the activation
@@ -130,8 +127,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
              const uint8_t* __restrict__ s, const uint8_t* __restrict__ b,
              const uint32_t* __restrict__ sd, int n, int tiles, int tiles_per_split,
              int stride_q, int stride_s, int stride_b, int stride_sd, float alpha,
-             uint32_t f16_1024,  // 0x64006400, an argument so that it stays in a register
-             const float* __restrict__ sq, int n_sq, float eps) {
+             uint32_t f16_1024) {  // 0x64006400, an argument so that it stays in a register
   extern __shared__ uint4 smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int t_lo = blockIdx.y * tiles_per_split;
@@ -194,16 +190,6 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   // the weights above are constant; x is the previous kernel's output
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-#if RMS
-  __shared__ float sq_warp[WARPS];  // each warp's share of the sums, added in order below
-  {
-    float part = 0.0f;
-    for (int i = threadIdx.x; i < n_sq; i += WARPS * 32) part += sq[i];
-#pragma unroll
-    for (int o = 16; o; o >>= 1) part += __shfl_xor_sync(FULL, part, o);
-    if (lane == 0) sq_warp[warp] = part;
-  }
-#endif
   // stage the activation: a warp per super-block, lane = word position (see Stage)
   for (int tt = warp; tt < nt; tt += WARPS) {
     const float* xt = x + (size_t)(t_lo + tt) * 256;
@@ -249,12 +235,6 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
           make_uint4(piece[m][0], piece[m][2], piece[m][1], piece[m][3]);
   }
   __syncthreads();
-#if RMS
-  float sum_sq = 0.0f;
-#pragma unroll
-  for (int w = 0; w < WARPS; w++) sum_sq += sq_warp[w];
-  alpha /= sqrtf(sum_sq / (float)(tiles * 256) + eps);
-#endif
 #if PDL
   // every block is resident (one wave), so a successor's early blocks take none of its SMs
   asm volatile("griddepcontrol.launch_dependents;");
