@@ -242,50 +242,6 @@ def _thread_sum(v):
 
 
 @triton.jit
-def _step_sums(words, t, wmask, r, w, x_ptr, s_ptr, b_ptr, sd_ptr, K, t_hi, one_bits,
-               stride_s, stride_b, stride_sd, G: tl.constexpr, QBITS: tl.constexpr,
-               ZERO: tl.constexpr, CODEBOOK: tl.constexpr, SCALE: tl.constexpr,
-               BIAS: tl.constexpr, EVEN: tl.constexpr, UNIT_MIN: tl.constexpr):
-    """One loop step of `_qgemv_kernel`: each thread's sums over the tiles t of its rows r,
-    scaled and offset, in units of UNIT_MIN."""
-    P: tl.constexpr = 32 // QBITS
-    # per-(row, tile) parameters, in the layout of the in-thread sums they multiply
-    like_sums = _thread_sum(words * 0)
-    tp, rp = t + like_sums, r + like_sums
-    for j in tl.static_range(P):
-        # masked by whole groups (K is a multiple of G), so the loads stay vectors
-        xmask = None if EVEN else (t < t_hi) & (t * P + j < K // G)
-        x = tl.load(x_ptr + (t * P + j) * G + w, mask=xmask, other=None if EVEN else 0.0)
-        xs = _thread_sum(x)
-        if CODEBOOK:
-            lin = _thread_sum(_e2m1(_field_int(words, j, QBITS)) * x)
-        else:
-            lin = _field_dot(words, x, xs, j, QBITS, ZERO, one_bits)
-        # this field's unit over UNIT_MIN
-        R = 16 if QBITS == 4 and j % 2 == 0 and not CODEBOOK else 1
-        lin = lin * _group_param(s_ptr, rp, tp, j, P, stride_s, wmask, SCALE, R)
-        if BIAS > 0:
-            off = _group_param(b_ptr, rp, tp, j, P, stride_b, wmask, BIAS,
-                               1.0 / UNIT_MIN) * xs
-        if j == 0:
-            s_acc = lin
-            if BIAS > 0:
-                b_acc = off
-        else:
-            s_acc += lin
-            if BIAS > 0:
-                b_acc += off
-    if SCALE == 2:  # the tile's multipliers (a K-quant super-block's d and -dmin)
-        s_acc = s_acc * _group_param(sd_ptr, rp, tp, 0, 2 if BIAS == 2 else 1, stride_sd,
-                                     wmask, 1)
-    if BIAS == 2:
-        b_acc = b_acc * _group_param(sd_ptr, rp, tp, 1, 2, stride_sd, wmask, 1)
-    if BIAS > 0:
-        s_acc += b_acc
-    return s_acc
-
-
-@triton.jit
 def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_per_split, alpha,
                   one_bits, stride_q, stride_s, stride_b, stride_sd,
                   G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
@@ -327,29 +283,52 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     t_lo = tl.program_id(1) * tiles_per_split
     t_hi = tl.minimum(t_lo + tiles_per_split, T)
     step = tl.arange(0, NT)[None, :, None, None, None]
-    other = None if EVEN else 0
-    # the first step's weight words are loaded before the wait (they are constant): their trip
-    # from memory overlaps the kernel before, whose output x this one waits for
-    t_first = t_lo + step
-    mask_first = None if EVEN else r_ok & (t_first < t_hi)
-    words_first = tl.load(q_ptr + r * stride_q + t_first * G + w, mask=mask_first, other=other,
-                          eviction_policy="evict_first")
     wait_inputs(PDL)
     # early: the next kernel's launch and prologue overlap this grid's last programs (8B
     # Q4_K_M decode 346.7 -> 349.4 t/s against a release before the stores)
     release_dependents(PDL)
-    acc = _step_sums(words_first, t_first, mask_first, r, w, x_ptr, s_ptr, b_ptr, sd_ptr, K,
-                     t_hi, one_bits, stride_s, stride_b, stride_sd, G, QBITS, ZERO, CODEBOOK,
-                     SCALE, BIAS, EVEN, UNIT_MIN)
-    for t0 in range(t_lo + NT, t_hi, NT):
+    other = None if EVEN else 0
+    acc = tl.zeros((L, NT, 1, BLOCK_N, 1), tl.float32)
+    for t0 in range(t_lo, t_hi, NT):
         t = t0 + step
         wmask = None if EVEN else r_ok & (t < t_hi)
         # weights are read once a token: first out of L2 (8B Q4_K_M decode 319.7 -> 324.6 t/s)
         words = tl.load(q_ptr + r * stride_q + t * G + w, mask=wmask, other=other,
                         eviction_policy="evict_first")
-        acc += _step_sums(words, t, wmask, r, w, x_ptr, s_ptr, b_ptr, sd_ptr, K, t_hi,
-                          one_bits, stride_s, stride_b, stride_sd, G, QBITS, ZERO, CODEBOOK,
-                          SCALE, BIAS, EVEN, UNIT_MIN)
+        # per-(row, tile) parameters, in the layout of the in-thread sums they multiply
+        like_sums = _thread_sum(words * 0)
+        tp, rp = t + like_sums, r + like_sums
+        for j in tl.static_range(P):
+            # masked by whole groups (K is a multiple of G), so the loads stay vectors
+            xmask = None if EVEN else (t < t_hi) & (t * P + j < K // G)
+            x = tl.load(x_ptr + (t * P + j) * G + w, mask=xmask, other=None if EVEN else 0.0)
+            xs = _thread_sum(x)
+            if CODEBOOK:
+                lin = _thread_sum(_e2m1(_field_int(words, j, QBITS)) * x)
+            else:
+                lin = _field_dot(words, x, xs, j, QBITS, ZERO, one_bits)
+            # this field's unit over UNIT_MIN
+            R = 16 if QBITS == 4 and j % 2 == 0 and not CODEBOOK else 1
+            lin = lin * _group_param(s_ptr, rp, tp, j, P, stride_s, wmask, SCALE, R)
+            if BIAS > 0:
+                off = _group_param(b_ptr, rp, tp, j, P, stride_b, wmask, BIAS,
+                                   1.0 / UNIT_MIN) * xs
+            if j == 0:
+                s_acc = lin
+                if BIAS > 0:
+                    b_acc = off
+            else:
+                s_acc += lin
+                if BIAS > 0:
+                    b_acc += off
+        if SCALE == 2:  # the tile's multipliers (a K-quant super-block's d and -dmin)
+            s_acc = s_acc * _group_param(sd_ptr, rp, tp, 0, 2 if BIAS == 2 else 1, stride_sd,
+                                         wmask, 1)
+        if BIAS == 2:
+            b_acc = b_acc * _group_param(sd_ptr, rp, tp, 1, 2, stride_sd, wmask, 1)
+        if BIAS > 0:
+            s_acc += b_acc
+        acc += s_acc
     total = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=4), axis=2), axis=1), axis=0) * (UNIT_MIN
                                                                                   * alpha)
     if ACT == 0:
