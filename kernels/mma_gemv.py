@@ -26,7 +26,7 @@ from .launch import pdl_enabled, sm_count, tuning_table
 
 SOURCE = Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu"
 KERNEL_ENV = "IMPDIFF_GEMV"
-# {"q4_k gated 28672 4096": [warps, row_blocks, split_k], "q4_k N K": ...}
+# {"q4_k gated 28672 4096": [warps, row_blocks, split_k(, k_warps)], "q4_k N K": ...}
 TABLE_ENV = "IMPDIFF_MMA_TABLE"
 F16_1024 = 0x64006400  # fp16 1024.0 in both halves
 PARTS = 3  # fp16 parts of the activation (the kernel's PARTS)

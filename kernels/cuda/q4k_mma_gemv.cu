@@ -160,6 +160,8 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   // its share of the super-blocks, and add their sums through shared memory; a product of few
   // rows then keeps every warp busy without a second kernel adding split-K partial sums (which
   // also breaks the chain of dependent launches).
+  static_assert(WARPS % KSPLIT == 0 && (KSPLIT == 1 || WARPS / KSPLIT < 16),
+                "whole groups of KSPLIT warps, each with a named barrier (1..15)");
   constexpr int GROUPS = WARPS / KSPLIT;
   const int group = warp / KSPLIT, kpart = warp % KSPLIT;
   const int k_lo = kpart * nt / KSPLIT, k_hi = (kpart + 1) * nt / KSPLIT;
