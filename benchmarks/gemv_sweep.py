@@ -30,17 +30,16 @@ from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, qgemv_g
 from impdiff.testing.shapes import SHAPES, T, _random_blocks, tensor_types
 
 
-def graph_gbs(weights, x, cfg, reps: int = 5, gemv=None) -> float:
-    """Weight GB/s of qgemv (or `gemv(w)`) over `weights` in turn, timed as one CUDA graph
-    replay."""
-    gemv = gemv or (lambda w: qgemv(x, w, config=cfg))
-    for w in weights:  # compile and warm outside the capture
-        gemv(w)
+def graph_gbs(items, run, reps: int = 5) -> float:
+    """GB/s of run(item) over `items` in turn (their bytes: weights, or buffers read), timed as
+    one CUDA graph replay."""
+    for item in items:  # compile and warm outside the capture
+        run(item)
     torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for w in weights:
-            gemv(w)
+        for item in items:
+            run(item)
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     start.record()
@@ -48,7 +47,7 @@ def graph_gbs(weights, x, cfg, reps: int = 5, gemv=None) -> float:
         graph.replay()
     end.record()
     torch.cuda.synchronize()
-    return reps * sum(w.nbytes for w in weights) / (start.elapsed_time(end) * 1e6)
+    return reps * sum(item.nbytes for item in items) / (start.elapsed_time(end) * 1e6)
 
 
 def main():
@@ -90,15 +89,16 @@ def main():
                 if w.tiles < cfg.tiles * split or w.fmt.group < 4 * lanes:
                     continue
                 try:
-                    results.append((graph_gbs(copies, x, cfg), cfg))
+                    results.append((graph_gbs(copies, lambda v: qgemv(x, v, config=cfg)), cfg))
                 except Exception as exc:  # a config the compiler refuses (registers, shared)
                     print(f"  {cfg}: {type(exc).__name__}")
             results.sort(key=lambda r: -r[0])
             best = results[0][1]
             table[f"{w.fmt.name} {rows} {cols}"] = [best.block_n, best.lanes, best.tiles,
                                                     best.split_k, best.num_warps]
+            default_gbs = graph_gbs(copies, lambda v: qgemv(x, v, config=default))
             print(f"{qtype.name} {rows}x{cols} ({kind}, {w.nbytes / 1e6:.1f} MB): default "
-                  f"{default} {graph_gbs(copies, x, default):.0f} GB/s; best: " +
+                  f"{default} {default_gbs:.0f} GB/s; best: " +
                   "; ".join(f"{c.block_n}/{c.lanes}/{c.tiles}/{c.split_k}/{c.num_warps} {g:.0f}"
                             for g, c in results[:4]), flush=True)
             write_table(args.write_table, table)
@@ -115,7 +115,7 @@ def sweep_mma(args):
         w, copies, x = random_inputs(rng, qtype, rows, cols)
         tiles = gemv_config(w, sm_count(x.device))
         act = ARCHITECTURES[shape.arch].ffn_act if gated else None
-        triton_gbs = graph_gbs(copies, x, tiles, gemv=(
+        triton_gbs = graph_gbs(copies, (
             (lambda v: qgemv_gated(x, v, act, config=tiles)) if gated
             else (lambda v: qgemv(x, v, config=tiles))))
         results = []
@@ -126,7 +126,7 @@ def sweep_mma(args):
                     or split > 1 and k_warps > 1):
                 continue
             cfg = mma_gemv.MmaConfig(warps, row_blocks, split, k_warps)
-            results.append((graph_gbs(copies, x, None, gemv=lambda v: mma_gemv.gemv(
+            results.append((graph_gbs(copies, lambda v: mma_gemv.gemv(
                 x, v, act=act, config=cfg)), cfg))
         results.sort(key=lambda r: -r[0])
         best_gbs, best = results[0]

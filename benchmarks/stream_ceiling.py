@@ -19,28 +19,11 @@ from pathlib import Path
 
 import torch
 
+from gemv_sweep import graph_gbs  # (benchmarks/ is on the path: this script's folder)
 from impdiff.kernels import cuda_driver
 from impdiff.kernels.launch import sm_count
 
 SOURCE = Path(__file__).with_name("stream_read.cu")
-
-
-def graph_gbs(launch, buffers, reps: int = 5) -> float:
-    for b in buffers:
-        launch(b)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for b in buffers:
-            launch(b)
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return reps * sum(b.numel() for b in buffers) / (start.elapsed_time(end) * 1e6)
 
 
 def main():
@@ -69,7 +52,7 @@ def main():
                 kernel((blocks, 1), threads, 0, torch.cuda.current_stream(dev).cuda_stream,
                        b, n16, sink, pdl=bool(pdl))
 
-            gbs = graph_gbs(launch, buffers)
+            gbs = graph_gbs(buffers, launch)
             if gbs > best.get(pdl, (0,))[0]:
                 best[pdl] = (gbs, unroll, threads, per_sm)
         print(f"{mb:7.1f} MB x{count}: in stream order {best[0][0]:5.0f} GB/s "
