@@ -25,10 +25,12 @@ explicit position ids, so the positions continue as the `Runtime` contract says.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import inspect
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -156,6 +158,27 @@ class _Recorder:
     active: "TransformersRuntime | None" = None
 
 
+def _import_pypi_kernels() -> None:
+    """Import the PyPI package `kernels` (a dependency of transformers 5, which imports it) from
+    its install, not from this project: run from a checkout (`python -m pytest` puts its root
+    on sys.path), the folder `kernels/` — installed as `impdiff.kernels` — is found first under
+    that name, and transformers fails on `from kernels import CUDAProperties`."""
+    if "kernels" in sys.modules:
+        return
+    from .. import kernels as ours
+
+    root = Path(ours.__file__).resolve().parent.parent
+    saved = sys.path[:]
+    sys.path[:] = [p for p in saved if Path(p or ".").resolve() != root]
+    try:
+        if len(sys.path) < len(saved):
+            importlib.import_module("kernels")
+    except ImportError:  # not installed: transformers then finds no usable `kernels` either
+        pass
+    finally:
+        sys.path[:] = saved
+
+
 def _register_attention() -> None:
     from transformers import AttentionInterface
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -222,6 +245,8 @@ def load_hf_model(target: Path, device: str = "cpu"):
         raise UsageError("transformers needs accelerate to load a GGUF file: "
                          "pip install 'impdiff[transformers]'")
     import torch
+
+    _import_pypi_kernels()
     import transformers.modeling_gguf_pytorch_utils as gguf_utils
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
