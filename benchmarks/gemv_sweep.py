@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -59,9 +57,6 @@ def main():
     ap.add_argument("--write-table", help="JSON of the best config per shape, for "
                                           "$IMPDIFF_GEMV_TABLE (--kernel mma: $IMPDIFF_MMA_TABLE)")
     ap.add_argument("--kernel", choices=("triton", "mma"), default="triton")
-    ap.add_argument("--stages", default="0,2,4",
-                    help="--kernel mma: ring depths to sweep (0: weights into registers)")
-    ap.add_argument("--only", default="", help="--kernel mma: shapes whose key holds this")
     ap.add_argument("--once", nargs=3, metavar=("TYPE", "ROWS", "COLS"),
                     help="run one GEMV of a random TYPE weight with the default config, for a "
                          "profiler (ncu -k regex:_qgemv_kernel)")
@@ -112,11 +107,9 @@ def main():
 def sweep_mma(args):
     """The tensor-core Q4_K GEMV against the Triton one, per Q4_K decode shape."""
     shape, rng, table, seen = SHAPES[args.shape], np.random.default_rng(0), {}, set()
-    stages = [int(v) for v in args.stages.split(",")]
     for kind, qtype, rows, cols in decode_products(tensor_types(shape, "Q4_K_M"), shape.n_layer):
         gated = kind == "ffn_gate+ffn_up"
-        key = f"q4_k{' gated' if gated else ''} {rows} {cols}"
-        if qtype != T.Q4_K or (rows, cols, gated) in seen or args.only not in key:
+        if qtype != T.Q4_K or (rows, cols, gated) in seen:
             continue
         seen.add((rows, cols, gated))
         w, copies, x = random_inputs(rng, qtype, rows, cols)
@@ -125,58 +118,26 @@ def sweep_mma(args):
         triton_gbs = graph_gbs(copies, (
             (lambda v: qgemv_gated(x, v, act, config=tiles)) if gated
             else (lambda v: qgemv(x, v, config=tiles))))
-        configs = mma_grid(w.tiles, gated, stages, mma_gemv.bulk_copyable(x, w))
-        prebuild(x.device, configs, mma_gemv.ACT_CODES[act])
         results = []
-        for cfg in configs:
-            try:
-                results.append((graph_gbs(copies, lambda v: mma_gemv.gemv(
-                    x, v, act=act, config=cfg)), cfg))
-            except RuntimeError as exc:  # more shared memory than a block may have
-                print(f"  {cfg}: {str(exc).splitlines()[0]}")
+        for warps, row_blocks, split, k_warps in itertools.product((2, 4, 8), (1, 2, 4),
+                                                                    (1, 2, 4), (1, 2, 4, 8)):
+            # K split by blocks (a second kernel adds their sums) or by a block's warps
+            if (gated and split > 1 or w.tiles < 2 * split * k_warps or k_warps > warps
+                    or split > 1 and k_warps > 1):
+                continue
+            cfg = mma_gemv.MmaConfig(warps, row_blocks, split, k_warps)
+            results.append((graph_gbs(copies, lambda v: mma_gemv.gemv(
+                x, v, act=act, config=cfg)), cfg))
         results.sort(key=lambda r: -r[0])
         best_gbs, best = results[0]
+        key = f"q4_k{' gated' if gated else ''} {rows} {cols}"
         if best_gbs > triton_gbs:
-            table[key] = table_entry(best)
+            table[key] = [best.warps, best.row_blocks, best.split_k, best.k_warps]
         print(f"{key} ({kind}, {w.nbytes / 1e6:.1f} MB): triton {tiles} {triton_gbs:.0f} GB/s; "
-              "mma " + "; ".join(f"{'/'.join(map(str, table_entry(c)))} {g:.0f}"
-                                 for g, c in results[:6])
+              "mma " + "; ".join(f"{c.warps}/{c.row_blocks}/{c.split_k}/{c.k_warps} {g:.0f}"
+                                 for g, c in results[:4])
               + f" -> {'mma' if key in table else 'triton'}", flush=True)
         write_table(args.write_table, table)
-
-
-def mma_grid(tiles: int, gated: bool, stages: list[int], ring: bool) -> list:
-    """Configs of the tensor-core GEMV worth timing on a shape of `tiles` super-blocks."""
-    configs = []
-    for warps, row_blocks, split, k_warps, depth, chunk in itertools.product(
-            (2, 4, 8), (1, 2, 4), (1, 2, 4), (1, 2, 4, 8), stages, (4, 8)):
-        # K split by blocks (a second kernel adds their sums) or by a block's warps
-        if (gated and split > 1 or tiles < 2 * split * k_warps or k_warps > warps
-                or split > 1 and k_warps > 1):
-            continue
-        if depth and not (ring and warps >= 4 and row_blocks <= 2 and split == 1
-                          and tiles >= 4 * k_warps):
-            continue
-        if not depth and chunk != 4:  # the chunk means nothing without a ring
-            continue
-        cfg = mma_gemv.MmaConfig(warps, row_blocks, split, k_warps, depth, chunk)
-        if cfg.shared_bytes(-(-tiles // split)) <= mma_gemv.MAX_SHARED:
-            configs.append(cfg)
-    return configs
-
-
-def prebuild(device, configs, act: int):
-    """nvcc for every config at once, on all cores: compiling them one by one took longer
-    than timing them."""
-    pdl = mma_gemv.pdl_enabled(device)
-    with ThreadPoolExecutor(os.cpu_count()) as pool:
-        list(pool.map(lambda c: mma_gemv.compile_for(device, c, act, pdl), configs))
-
-
-def table_entry(cfg) -> list[int]:
-    """A config as the table holds it: the ring's fields only where it has one."""
-    entry = [cfg.warps, cfg.row_blocks, cfg.split_k, cfg.k_warps]
-    return entry + [cfg.stages, cfg.chunk] if cfg.stages else entry
 
 
 def random_inputs(rng, qtype, rows: int, cols: int):

@@ -26,13 +26,12 @@ from .launch import pdl_enabled, sm_count, tuning_table
 
 SOURCE = Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu"
 KERNEL_ENV = "IMPDIFF_GEMV"
-# {"q4_k gated 28672 4096": [warps, row_blocks, split_k(, k_warps, stages, chunk)], ...}
+# {"q4_k gated 28672 4096": [warps, row_blocks, split_k(, k_warps)], "q4_k N K": ...}
 TABLE_ENV = "IMPDIFF_MMA_TABLE"
 F16_1024 = 0x64006400  # fp16 1024.0 in both halves
 PARTS = 3  # fp16 parts of the activation (the kernel's PARTS)
 SHARED_PER_TILE = 8 * 4 * PARTS * 16 + 8 * 4 + 4  # staged activation, group sums, scale
 ACT_CODES = {None: 0, "silu": 1, "gelu_tanh": 2}
-MAX_SHARED = 227 * 1024  # a block's shared memory on sm_90 (sm_80: 163 KB)
 
 
 @dataclass(frozen=True)
@@ -41,20 +40,6 @@ class MmaConfig:
     row_blocks: int  # blocks of 8 weight rows (4 output rows when gated) a warp computes at once
     split_k: int  # blocks over K, their partial sums added by a second kernel
     k_warps: int = 1  # warps of a block sharing a task over K, added in shared memory
-    # > 0: a warp's weights arrive by bulk asynchronous copies into a ring of this many jobs in
-    # shared memory (sm_90+), each a task's rows over `chunk` super-blocks; 0: into registers
-    stages: int = 0
-    chunk: int = 4
-
-    def slot_bytes(self) -> int:  # one job of the ring (the kernel's SLOT)
-        return self.row_blocks * 8 * (self.chunk * (128 + 2 * 8 + 4) + 64)
-
-    def shared_bytes(self, tiles: int) -> int:
-        """Shared memory of a block over `tiles` super-blocks: the warps' rings, the staged
-        activation, the K-split sums and the rings' mbarriers."""
-        return (self.warps * self.stages * self.slot_bytes() + tiles * SHARED_PER_TILE
-                + (self.warps * self.row_blocks * 8 * 4 if self.k_warps > 1 else 0)
-                + (self.warps * self.stages * 8 + 8 if self.stages else 0))
 
 
 def supported(x: torch.Tensor, w) -> bool:
@@ -70,14 +55,6 @@ def supported(x: torch.Tensor, w) -> bool:
             and _capable(x.device))
 
 
-def bulk_copyable(x: torch.Tensor, w) -> bool:
-    """Whether the bulk-copy ring (stages > 0) can fetch `w`: every copy of a plane's row over 4
-    super-blocks starts and ends on 16 bytes, and the GPU has the copy engine (sm_90+)."""
-    return (w.tiles % 4 == 0 and _capability(x.device)[0] >= 9
-            and all(p.data_ptr() % 16 == 0 and p.stride(0) * p.element_size() % 16 == 0
-                    for p in (w.q, w.s, w.b, w.sd)))
-
-
 @functools.cache
 def _capable(device: torch.device) -> bool:
     return _capability(device)[0] >= 8 and cuda_driver.nvcc_path() is not None
@@ -89,16 +66,11 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 @functools.cache
 def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_driver.Kernel:
-    return cuda_driver.Kernel(compile_for(device, cfg, act, pdl), "q4k_mma_gemv", device)
-
-
-def compile_for(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> bytes:
-    """The kernel's cubin for this GPU (nvcc, cached on disk; safe from several threads)."""
     major, minor = _capability(device)
-    return cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
-                                     dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
-                                          KSPLIT=cfg.k_warps, STAGES=cfg.stages,
-                                          CHUNK=cfg.chunk, PDL=int(pdl), ACT=act))
+    image = cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
+                                      dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
+                                           KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act))
+    return cuda_driver.Kernel(image, "q4k_mma_gemv", device)
 
 
 def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
@@ -116,8 +88,6 @@ def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
     else:
         tuned = table.get(f"q4_k{' gated' if gated else ''} {w.n} {w.k}")
         cfg = MmaConfig(*tuned) if tuned else None
-    if cfg and cfg.stages and not bulk_copyable(x, w):
-        cfg = MmaConfig(cfg.warps, cfg.row_blocks, cfg.split_k, cfg.k_warps)
     return cfg if cfg and _builds(x.device, cfg, act) else None
 
 
@@ -143,9 +113,6 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
     if gated:
         assert cfg.split_k == 1 and (w.n // 2) % 4 == 0, "the gated epilogue needs whole rows"
     per_split = -(-w.tiles // cfg.split_k)
-    if cfg.stages:  # a split starts on a multiple of 4 super-blocks, as the ring's copies do
-        assert bulk_copyable(x, w), "the bulk-copy ring needs 16-byte rows of 4 super-blocks"
-        per_split = -(-per_split // 4) * 4
     splits = -(-w.tiles // per_split)
     rows_out = w.n // 2 if gated else w.n
     tasks = -(-rows_out // ((4 if gated else 8) * cfg.row_blocks))
@@ -156,7 +123,8 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
         partial = out.view(1, rows_out)
     pdl = pdl_enabled(x.device)
     kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl)
-    shared = cfg.shared_bytes(per_split)
+    shared = per_split * SHARED_PER_TILE + (cfg.warps * cfg.row_blocks * 8 * 4
+                                            if cfg.k_warps > 1 else 0)
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
     resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(x.device)
     blocks = max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))

@@ -18,13 +18,6 @@
 // the first, rows g + 8 pairs (2,6), (3,7) with the second; the other rows of each result are
 // discarded, as are the rows of lanes g >= 3. The activation parts are staged in shared memory
 // once per block in exactly that order.
-//
-// Where the weights come from (STAGES): 0, each lane loads its next super-block into registers
-// while it computes this one; a warp then has ~1 KB in flight, and at the few warps an SM holds
-// the GEMV reaches 60-77% of what a plain read of its bytes does. STAGES > 0: each warp keeps
-// a ring of STAGES jobs (a task's rows over CHUNK super-blocks) in shared memory, filled by
-// bulk asynchronous copies (cp.async.bulk, completing on an mbarrier per slot) that hold no
-// registers, so an SM keeps tens of KB of weights in flight while its warps compute.
 
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -37,12 +30,6 @@
 #endif
 #ifndef KSPLIT
 #define KSPLIT 1  // warps of a block that share a task, each over 1/KSPLIT of the super-blocks
-#endif
-#ifndef STAGES
-#define STAGES 0  // jobs a warp's shared-memory ring holds; 0: weights loaded into registers
-#endif
-#ifndef CHUNK
-#define CHUNK 4  // super-blocks of a job (STAGES > 0); a multiple of 4 (16-byte copies of d)
 #endif
 #ifndef PDL
 #define PDL 0  // launched as a programmatic dependent (kernels/launch.py; sm_90+)
@@ -97,26 +84,6 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
   return r;
 }
 
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void bulk_copy(uint32_t dst, const void* src, uint32_t bytes,
-                                          uint32_t bar, uint64_t policy) {
-  asm volatile(
-      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint "
-      "[%0], [%1], %2, [%3], %4;"
-      ::"r"(dst), "l"(src), "r"(bytes), "r"(bar), "l"(policy) : "memory");
-}
-
-__device__ __forceinline__ void wait_parity(uint32_t bar, uint32_t parity) {
-  asm volatile(
-      "{\n .reg .pred done;\n WAIT:\n"
-      " mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-      " @!done bra WAIT;\n}"
-      ::"r"(bar), "r"(parity) : "memory");
-}
-
 __device__ __forceinline__ uint32_t f16_pair(float lo, float hi) {
   __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&h);
@@ -155,39 +122,17 @@ __device__ __forceinline__ Stage load_stage(const uint32_t* q, const uint8_t* s,
   return st;
 }
 
-// A job's slot: each of its rows' planes over CHUNK super-blocks, as in global memory. The q
-// rows are 64 bytes apart mod 128, so the lanes of rows g and g + 1 that one 16-byte load
-// phase serves fall on different banks.
-constexpr int ROWS = ROW_BLOCKS * 8;
-constexpr int Q_PITCH = CHUNK * 128 + 64, S_PITCH = CHUNK * 8, SD_PITCH = CHUNK * 4;
-constexpr int SLOT = ROWS * (Q_PITCH + 2 * S_PITCH + SD_PITCH);
-
-__device__ __forceinline__ Stage slot_stage(const uint8_t* slot, int rr, int t, int c) {
-  const uint8_t* sq = slot + rr * Q_PITCH + t * 128 + c * 16;
-  const uint8_t* ss = slot + ROWS * Q_PITCH + rr * S_PITCH + t * 8;
-  const uint8_t* sb = ss + ROWS * S_PITCH;
-  Stage st;
-  st.w0 = *reinterpret_cast<const uint4*>(sq);
-  st.w1 = *reinterpret_cast<const uint4*>(sq + 64);
-  st.s = *reinterpret_cast<const uint2*>(ss);
-  st.m = *reinterpret_cast<const uint16_t*>(sb + 2 * c);
-  st.dd = *reinterpret_cast<const uint32_t*>(slot + ROWS * (Q_PITCH + 2 * S_PITCH) +
-                                             rr * SD_PITCH + t * 4);
-  return st;
-}
-
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_t* __restrict__ q,
              const uint8_t* __restrict__ s, const uint8_t* __restrict__ b,
              const uint32_t* __restrict__ sd, int n, int tiles, int tiles_per_split,
              int stride_q, int stride_s, int stride_b, int stride_sd, float alpha,
              uint32_t f16_1024) {  // 0x64006400, an argument so that it stays in a register
-  // shared: [the warps' rings][staged activation][group sums][scales][K-split sums][mbarriers]
   extern __shared__ uint4 smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int t_lo = blockIdx.y * tiles_per_split;
   const int nt = min(tiles, t_lo + tiles_per_split) - t_lo;
-  uint4* xa = smem + WARPS * STAGES * SLOT / 16;        // [nt][8 words][4 c][PARTS]
+  uint4* xa = smem;                                     // [nt][8 words][4 c][PARTS]
   float* xs = reinterpret_cast<float*>(xa + nt * 8 * 4 * PARTS);  // [nt][8] group sums
   float* inv = xs + nt * 8;                             // [nt] 1 / the parts' scale
 
@@ -217,93 +162,32 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   // also breaks the chain of dependent launches).
   static_assert(WARPS % KSPLIT == 0 && (KSPLIT == 1 || WARPS / KSPLIT < 16),
                 "whole groups of KSPLIT warps, each with a named barrier (1..15)");
-  static_assert(CHUNK % 4 == 0, "a job's d plane is copied in 16-byte pieces");
   constexpr int GROUPS = WARPS / KSPLIT;
   const int group = warp / KSPLIT, kpart = warp % KSPLIT;
-  // with a ring, a warp's share of K starts on a multiple of 4 super-blocks (copies of d)
-  const int align = STAGES ? ~3 : ~0;
-  const int k_lo = (kpart * nt / KSPLIT) & align;
-  const int k_hi = kpart + 1 == KSPLIT ? nt : ((kpart + 1) * nt / KSPLIT) & align;
+  const int k_lo = kpart * nt / KSPLIT, k_hi = (kpart + 1) * nt / KSPLIT;
   const int tasks = (rows_out + STEP * ROW_BLOCKS - 1) / (STEP * ROW_BLOCKS);
   const int task_stride = gridDim.x * GROUPS;
   int task = blockIdx.x * GROUPS + group, first0;
-  // the weight row of lane row g of row block r of the task starting at output row `first0`
-  auto row_of = [&](int first_row, int r, int gg) {
-    const int first = min(first_row + r * STEP, rows_out - STEP);
-#if ACT
-    return gg < 4 ? first + gg : n / 2 + first + gg - 4;
-#else
-    return first + gg;
-#endif
-  };
   int row[ROW_BLOCKS];
+  Stage ring[ROW_BLOCKS];  // each row block's next super-block, loading during this one
   float tot0[ROW_BLOCKS], tot1[ROW_BLOCKS], mins[ROW_BLOCKS];
-  auto begin = [&](int this_task) {
-    first0 = this_task * ROW_BLOCKS * STEP;
+  auto start = [&](int next_task) {  // a task's rows and its first super-block's loads
+    first0 = next_task * ROW_BLOCKS * STEP;
 #pragma unroll
     for (int r = 0; r < ROW_BLOCKS; r++) {
-      row[r] = row_of(first0, r, g);
+      const int first = min(first0 + r * STEP, rows_out - STEP);
+#if ACT
+      row[r] = g < 4 ? first + g : n / 2 + first + g - 4;
+#else
+      row[r] = first + g;
+#endif
+      // (a warp with no super-blocks, k_lo = nt, loads one it never uses, inside the row)
+      ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd,
+                           min(t_lo + k_lo, tiles - 1), c, pol);
       tot0[r] = tot1[r] = mins[r] = 0.0f;
     }
   };
-#if STAGES
-  // Jobs of this warp in order: its tasks, each over its share of K in CHUNKs. Job j fills
-  // slot j % STAGES, its (j / STAGES)-th fill, whose completion flips the slot's mbarrier to
-  // parity (j / STAGES) & 1.
-  constexpr int KCHUNK = CHUNK;
-  uint8_t* ring = reinterpret_cast<uint8_t*>(smem) + warp * STAGES * SLOT;
-  const int chunks = (k_hi - k_lo + CHUNK - 1) / CHUNK, task0 = task;
-  uint64_t* bars = reinterpret_cast<uint64_t*>(
-      (reinterpret_cast<uintptr_t>(inv + nt + (KSPLIT > 1 ? WARPS * ROWS : 0)) + 7) & ~7ull);
-  const uint32_t bar0 = smem_addr(bars + warp * STAGES);
-  auto issue = [&](int j) {  // the whole warp: one bulk copy a lane per row and plane
-    if (chunks == 0) return;
-    const int jt = task0 + (j / chunks) * task_stride;
-    if (jt >= tasks) return;
-    const int k0 = k_lo + (j % chunks) * CHUNK, ck = min(CHUNK, k_hi - k0), t = t_lo + k0;
-    const uint32_t bar = bar0 + (j % STAGES) * 8, dst = smem_addr(ring + (j % STAGES) * SLOT);
-    if (lane == 0)
-      asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;"
-                   ::"r"(bar), "r"(ROWS * ck * (128 + 2 * 8 + 4)) : "memory");
-    __syncwarp();
-    for (int i = lane; i < ROWS * 4; i += 32) {
-      const int rr = i % ROWS, plane = i / ROWS;
-      const size_t wrow = row_of(jt * ROW_BLOCKS * STEP, rr / 8, rr % 8);
-      if (plane == 0)
-        bulk_copy(dst + rr * Q_PITCH, q + wrow * stride_q + t * 32, ck * 128, bar, pol);
-      else if (plane == 1)
-        bulk_copy(dst + ROWS * Q_PITCH + rr * S_PITCH, s + wrow * stride_s + t * 8, ck * 8,
-                  bar, pol);
-      else if (plane == 2)
-        bulk_copy(dst + ROWS * (Q_PITCH + S_PITCH) + rr * S_PITCH, b + wrow * stride_b + t * 8,
-                  ck * 8, bar, pol);
-      else
-        bulk_copy(dst + ROWS * (Q_PITCH + 2 * S_PITCH) + rr * SD_PITCH,
-                  sd + wrow * stride_sd + t, ck * 4, bar, pol);
-    }
-  };
-  if (lane == 0) {
-    for (int i = 0; i < STAGES; i++)
-      asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bar0 + i * 8) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  }
-  __syncwarp();
-  for (int j = 0; j < STAGES; j++) issue(j);  // weights are constant: before the wait
-  int job = 0;
-#else
-  // each row block's next super-block, loading during this one
-  constexpr int KCHUNK = 1 << 30;
-  Stage next[ROW_BLOCKS];
-  auto prefetch = [&](int this_task) {
-    begin(this_task);
-#pragma unroll
-    for (int r = 0; r < ROW_BLOCKS; r++)
-      // (a warp with no super-blocks, k_lo = nt, loads one it never uses, inside the row)
-      next[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd,
-                           min(t_lo + k_lo, tiles - 1), c, pol);
-  };
-  if (task < tasks) prefetch(task);  // loading while the activation is staged
-#endif
+  if (task < tasks) start(task);  // loading while the activation is staged
 #if PDL
   // the weights above are constant; x is the previous kernel's output
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -359,16 +243,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
 #endif
 
   for (; task < tasks; task += task_stride) {
-#if STAGES
-  begin(task);
-#endif
-  for (int k0 = k_lo; k0 < k_hi; k0 += KCHUNK) {
-#if STAGES
-    const uint8_t* slot = ring + (job % STAGES) * SLOT;
-    wait_parity(bar0 + (job % STAGES) * 8, (job / STAGES) & 1);
-#endif
-    const int k1 = min(k_hi, k0 + KCHUNK);
-  for (int tt = k0; tt < k1; tt++) {
+  for (int tt = k_lo; tt < k_hi; tt++) {
     uint4 a[8];
     const uint4* xt = xa + (tt * 8 * 4 + c) * PARTS + part;
 #pragma unroll
@@ -377,14 +252,10 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
     const float2 sums = reinterpret_cast<const float2*>(xs)[tt * 4 + c];
 #pragma unroll
     for (int r = 0; r < ROW_BLOCKS; r++) {
-#if STAGES
-      const Stage cur = slot_stage(slot, r * 8 + g, tt - k0, c);
-#else
-      const Stage cur = next[r];
+      const Stage cur = ring[r];
       if (tt + 1 < k_hi)
-        next[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd,
+        ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd,
                              t_lo + tt + 1, c, pol);
-#endif
       // (s_p, s_p+4) as fp16 pairs; odd fields sit 4 bits up, so their scale is s / 16
       uint32_t S[4], O[4];
 #pragma unroll
@@ -417,14 +288,6 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
                      mins[r]);
     }
   }
-#if STAGES
-    // the slot's reads by every lane come before the async proxy's refill of it
-    __syncwarp();
-    asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-    issue(job + STAGES);
-    job++;
-#endif
-  }
   float val[ROW_BLOCKS];  // lane (g, c): weight row g of each row block
 #pragma unroll
   for (int r = 0; r < ROW_BLOCKS; r++) {
@@ -442,7 +305,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   }
 #if KSPLIT > 1
   {  // the group's warps add their sums in a fixed order (after the staged activation)
-    float* red = inv + nt + group * KSPLIT * ROWS;  // [KSPLIT][ROW_BLOCKS][8 rows]
+    float* red = inv + nt + group * KSPLIT * ROW_BLOCKS * 8;  // [KSPLIT][ROW_BLOCKS][8 rows]
 #pragma unroll
     for (int r = 0; r < ROW_BLOCKS; r++)
       if (c == 0) red[(kpart * ROW_BLOCKS + r) * 8 + g] = val[r];
@@ -465,8 +328,6 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
     if (stores) out[(size_t)blockIdx.y * n + row[r]] = val[r] * alpha;
 #endif
   }
-#if !STAGES
-  if (task + task_stride < tasks) prefetch(task + task_stride);
-#endif
+  if (task + task_stride < tasks) start(task + task_stride);
   }
 }
