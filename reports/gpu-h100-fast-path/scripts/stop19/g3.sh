@@ -3,6 +3,7 @@
 # and 8B tg128 with the probe's gated pick against the shipped table
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader
+patch -s -p1 < reports/gpu-h100-fast-path/scripts/stop19/bulk_copy_ring.patch
 patch kernels/cuda/q4k_mma_gemv.cu < reports/gpu-h100-fast-path/scripts/stop19/ring_smem_prefetch.patch
 python -m impdiff.testing.shapes llama3-8b Q4_K_M /tmp/l8q4.gguf > /dev/null &
 timeout 100 python -m pytest -q -p no:cacheprovider tests/test_mma_gemv.py -k "bulk or gated" --tb=line 2>&1 | tail -3 | tee $OUT/g3_tests.txt
