@@ -7,9 +7,10 @@ For every distinct (format, rows, cols) of the shape's Q4_K_M and Q8_0 mixes, ti
 over a grid of (block_n, tiles, split_k, num_warps) and prints the weight bytes moved per
 second; the default heuristic (`gemv_config`) is shown beside the best found. With --kernel mma,
 every Q4_K shape (gate/up through the gated epilogue, as decode runs it) is timed through the
-tensor-core GEMV (`kernels/mma_gemv.py`) over its grid against the Triton GEMV at its tuned
-tiles, and the table records the shapes where the tensor-core GEMV is faster (those it lacks
-stay on Triton). Timing is of a
+tensor-core GEMV (`kernels/mma_gemv.py`, both kinds of operands unless --operands says) over
+its grid against the Triton GEMV at its tuned tiles, and the table records the shapes where a
+tensor-core GEMV is faster (those it lacks stay on Triton); the GPU's current table's config of
+each shape is timed as well. Timing is of a
 CUDA graph of back-to-back calls over enough copies of the weight to miss the L2 cache, as in
 decode (a Python-launched call of a small GEMV measures the launch, not the kernel).
 """
@@ -19,13 +20,16 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
 from impdiff.engine.config import ARCHITECTURES
 from impdiff.engine.packed import pack_gguf
-from impdiff.kernels import mma_gemv
+from impdiff.kernels import cuda_driver, mma_gemv
+from impdiff.kernels.launch import pdl_enabled, tuning_table
 from impdiff.kernels.quant_matmul import GemvConfig, gemv_config, qgemv, qgemv_gated, sm_count
 from impdiff.testing.shapes import SHAPES, T, _random_blocks, tensor_types
 
@@ -57,6 +61,8 @@ def main():
     ap.add_argument("--write-table", help="JSON of the best config per shape, for "
                                           "$IMPDIFF_GEMV_TABLE (--kernel mma: $IMPDIFF_MMA_TABLE)")
     ap.add_argument("--kernel", choices=("triton", "mma"), default="triton")
+    ap.add_argument("--operands", default="f16,i8",
+                    help="--kernel mma: the tensor-core GEMVs to sweep (mma_gemv.SOURCES)")
     ap.add_argument("--once", nargs=3, metavar=("TYPE", "ROWS", "COLS"),
                     help="run one GEMV of a random TYPE weight with the default config, for a "
                          "profiler (ncu -k regex:_qgemv_kernel)")
@@ -118,26 +124,41 @@ def sweep_mma(args):
         triton_gbs = graph_gbs(copies, (
             (lambda v: qgemv_gated(x, v, act, config=tiles)) if gated
             else (lambda v: qgemv(x, v, config=tiles))))
-        results = []
-        for warps, row_blocks, split, k_warps in itertools.product((2, 4, 8), (1, 2, 4),
-                                                                    (1, 2, 4), (1, 2, 4, 8)):
-            # K split by blocks (a second kernel adds their sums) or by a block's warps
-            if (gated and split > 1 or w.tiles < 2 * split * k_warps or k_warps > warps
-                    or split > 1 and k_warps > 1):
-                continue
-            cfg = mma_gemv.MmaConfig(warps, row_blocks, split, k_warps)
-            results.append((graph_gbs(copies, lambda v: mma_gemv.gemv(
-                x, v, act=act, config=cfg)), cfg))
-        results.sort(key=lambda r: -r[0])
-        best_gbs, best = results[0]
+        configs = []
+        for operands in args.operands.split(","):
+            # the i8 kernel's four row blocks spill registers
+            row_blocks_grid = (1, 2) if operands == "i8" else (1, 2, 4)
+            for warps, row_blocks, split, k_warps in itertools.product(
+                    (2, 4, 8), row_blocks_grid, (1, 2, 4), (1, 2, 4, 8)):
+                # K split by blocks (a second kernel adds their sums) or by a block's warps
+                cfg = mma_gemv.MmaConfig(warps, row_blocks, split, k_warps, operands)
+                if (cfg.fits(w, gated) and w.tiles >= 2 * split * k_warps and k_warps <= warps
+                        and (split == 1 or k_warps == 1)):
+                    configs.append(cfg)
         key = f"q4_k{' gated' if gated else ''} {rows} {cols}"
+        shipped = tuning_table(mma_gemv.TABLE_ENV, ".mma.json").get(key)
+        if shipped and mma_gemv.MmaConfig(*shipped) not in configs:  # --operands left it out
+            configs.append(mma_gemv.MmaConfig(*shipped))
+        prebuild(x.device, configs, mma_gemv.ACT_CODES[act])
+        results = sorted(((graph_gbs(copies, lambda v: mma_gemv.gemv(x, v, act=act, config=cfg)),
+                           cfg) for cfg in configs), key=lambda r: -r[0])
+        best_gbs, best = results[0]
         if best_gbs > triton_gbs:
-            table[key] = [best.warps, best.row_blocks, best.split_k, best.k_warps]
+            table[key] = [best.warps, best.row_blocks, best.split_k, best.k_warps,
+                          best.operands]
         print(f"{key} ({kind}, {w.nbytes / 1e6:.1f} MB): triton {tiles} {triton_gbs:.0f} GB/s; "
-              "mma " + "; ".join(f"{c.warps}/{c.row_blocks}/{c.split_k}/{c.k_warps} {g:.0f}"
-                                 for g, c in results[:4])
+              "mma " + "; ".join(f"{c.operands} {c.warps}/{c.row_blocks}/{c.split_k}/"
+                                 f"{c.k_warps} {g:.0f}" for g, c in results[:6])
               + f" -> {'mma' if key in table else 'triton'}", flush=True)
         write_table(args.write_table, table)
+
+
+def prebuild(device, configs, act: int):
+    """nvcc takes a second or so a kernel and a shape's grid holds dozens: build them on every
+    core first (the cubin cache then serves the sweep)."""
+    jobs = [mma_gemv.build_args(device, cfg, act, pdl_enabled(device)) for cfg in configs]
+    with ThreadPoolExecutor(os.cpu_count()) as pool:
+        list(pool.map(lambda job: cuda_driver.compile_cubin(*job), jobs))
 
 
 def random_inputs(rng, qtype, rows: int, cols: int):

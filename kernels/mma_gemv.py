@@ -1,4 +1,10 @@
-"""The Q4_K decode GEMV on tensor cores: `cuda/q4k_mma_gemv.cu`, compiled at run time.
+"""The Q4_K decode GEMV on tensor cores, compiled at run time, in two kinds of operands:
+
+* "f16" (`cuda/q4k_mma_gemv.cu`): fields turned into fp16 products q * s, the activation as
+  three fp16 parts (float32's precision);
+* "i8" (`cuda/q4k_imma_gemv.cu`): fields as the bytes they are in an integer mma, the
+  activation as 16 bits a value per group of 32 (~1e-5 of a product's largest terms), a third
+  of the instructions a value.
 
 It reads the planes of `quant_matmul` as they are (4-bit fields in words, u8 scales and
 offsets, each super-block's fp16 d and -dmin), so prefill, the dequantiser and the reference
@@ -16,7 +22,7 @@ from __future__ import annotations
 import functools
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,22 +30,57 @@ import torch
 from . import cuda_driver
 from .launch import pdl_enabled, sm_count, tuning_table
 
-SOURCE = Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu"
+SOURCES = {"f16": Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu",
+           "i8": Path(__file__).parent / "cuda" / "q4k_imma_gemv.cu"}
 KERNEL_ENV = "IMPDIFF_GEMV"
-# {"q4_k gated 28672 4096": [warps, row_blocks, split_k(, k_warps)], "q4_k N K": ...}
+# {"q4_k gated 28672 4096": [warps, row_blocks, split_k(, k_warps(, operands))], ...}
 TABLE_ENV = "IMPDIFF_MMA_TABLE"
 F16_1024 = 0x64006400  # fp16 1024.0 in both halves
-PARTS = 3  # fp16 parts of the activation (the kernel's PARTS)
-SHARED_PER_TILE = 8 * 4 * PARTS * 16 + 8 * 4 + 4  # staged activation, group sums, scale
+# a super-block's staged activation: f16, three parts' fragments + group sums + scale; i8, the
+# B words (two bytes a value) + each group's scale and sum
+SHARED_PER_TILE = {"f16": 8 * 4 * 3 * 16 + 8 * 4 + 4, "i8": 256 * 2 + 8 * 8}
+ROWS_PER_BLOCK = {"f16": 8, "i8": 16}  # weight rows of a row block (half as many outputs gated)
 ACT_CODES = {None: 0, "silu": 1, "gelu_tanh": 2}
+I8_LIMIT = 32639.0  # the i8 kernel's largest |x| / dx: 256 hi + lo with hi a byte
 
 
 @dataclass(frozen=True)
 class MmaConfig:
     warps: int  # warps a block, sharing one staged activation
-    row_blocks: int  # blocks of 8 weight rows (4 output rows when gated) a warp computes at once
+    row_blocks: int  # row blocks (ROWS_PER_BLOCK weight rows) a warp computes side by side
     split_k: int  # blocks over K, their partial sums added by a second kernel
     k_warps: int = 1  # warps of a block sharing a task over K, added in shared memory
+    operands: str = "f16"  # "f16" or "i8": which kernel (SOURCES)
+
+    def fits(self, w, gated: bool) -> bool:
+        """Whether the kernel covers `w`'s rows: the i8 kernel's last row block may overlap the
+        one before it (and recompute its rows), the f16 kernel's must end at the last row."""
+        if gated and self.split_k > 1:
+            return False
+        rows_out = w.n // 2 if gated else w.n
+        block = ROWS_PER_BLOCK[self.operands] // (2 if gated else 1)
+        return rows_out >= block if self.operands == "i8" else rows_out % block == 0
+
+
+def i8_activation(x: torch.Tensor) -> torch.Tensor:
+    """x as the i8 kernel multiplies the fields by it: per group of 32 values, dx * round(x /
+    dx) with dx = max |x| / I8_LIMIT (float32 throughout, as the kernel)."""
+    groups = x.float().reshape(-1, 32)
+    amax = groups.abs().amax(dim=1, keepdim=True)
+    live = amax > 1e-30  # a group of (near) zeros stays zero
+    inv = torch.where(live, I8_LIMIT / amax.clamp_min(1e-30), 0.0)
+    dx = torch.where(live, amax / I8_LIMIT, 0.0)
+    return (torch.round(groups * inv) * dx).reshape(x.shape)
+
+
+def i8_reference(x: torch.Tensor, w) -> torch.Tensor:
+    """The i8 kernel's product W x in float64: the scaled fields (d s q) times the 16-bit
+    activation, the offsets (-dmin m) times x itself (the kernel adds each group's float32
+    sum)."""
+    from .quant_matmul import dequantize_reference
+    full = dequantize_reference(w).double()
+    offsets = full - dequantize_reference(replace(w, b=torch.zeros_like(w.b))).double()
+    return (full - offsets) @ i8_activation(x).double() + offsets @ x.double()
 
 
 def supported(x: torch.Tensor, w) -> bool:
@@ -49,10 +90,11 @@ def supported(x: torch.Tensor, w) -> bool:
         return False
     planes_ok = (w.k == w.tiles * 256 and w.n % 8 == 0 and w.s.dtype == torch.uint8
                  and w.b.dtype == torch.uint8 and w.sd.dtype == torch.float16
+                 and w.s.stride(0) == w.b.stride(0)
                  and all(p.stride(1) == 1 for p in w.planes())
                  and w.q.data_ptr() % 16 == 0)  # rows read in 16-byte vectors
     return (planes_ok and x.dtype == torch.float32 and x.is_contiguous()
-            and _capable(x.device))
+            and x.data_ptr() % 16 == 0 and _capable(x.device))
 
 
 @functools.cache
@@ -64,13 +106,20 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
+def build_args(device: torch.device, cfg: MmaConfig, act: int,
+               pdl: bool) -> tuple[Path, str, dict[str, int]]:
+    """What `cuda_driver.compile_cubin` builds for `cfg` on `device` (a sweep compiles many
+    configs in parallel before it times them)."""
+    major, minor = _capability(device)
+    return SOURCES[cfg.operands], f"sm_{major}{minor}", dict(
+        WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act)
+
+
 @functools.cache
 def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_driver.Kernel:
-    major, minor = _capability(device)
-    image = cuda_driver.compile_cubin(SOURCE, f"sm_{major}{minor}",
-                                      dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks,
-                                           KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act))
-    return cuda_driver.Kernel(image, "q4k_mma_gemv", device)
+    source, arch, defines = build_args(device, cfg, act, pdl)
+    return cuda_driver.Kernel(cuda_driver.compile_cubin(source, arch, defines), source.stem,
+                              device)
 
 
 def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
@@ -80,7 +129,7 @@ def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
     table for the GPU, the gated gate/up product (the largest of a decode step, where it led on
     the H100) at eight warps of two row blocks."""
     gated = act is not None
-    if not supported(x, w) or (gated and (w.n // 2) % 4):
+    if not supported(x, w):
         return None
     table = tuning_table(TABLE_ENV, ".mma.json")
     if not table:
@@ -88,7 +137,7 @@ def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
     else:
         tuned = table.get(f"q4_k{' gated' if gated else ''} {w.n} {w.k}")
         cfg = MmaConfig(*tuned) if tuned else None
-    return cfg if cfg and _builds(x.device, cfg, act) else None
+    return cfg if cfg and cfg.fits(w, gated) and _builds(x.device, cfg, act) else None
 
 
 @functools.cache
@@ -110,12 +159,12 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
     result is act(gate) * up [n / 2]. A split K adds its partial sums in a fixed order."""
     gated = act is not None
     cfg = config or (MmaConfig(8, 2, 1) if gated else MmaConfig(4, 1, 1))
-    if gated:
-        assert cfg.split_k == 1 and (w.n // 2) % 4 == 0, "the gated epilogue needs whole rows"
+    assert cfg.fits(w, gated), f"{cfg} does not cover {w.n} rows{' gated' if gated else ''}"
     per_split = -(-w.tiles // cfg.split_k)
     splits = -(-w.tiles // per_split)
     rows_out = w.n // 2 if gated else w.n
-    tasks = -(-rows_out // ((4 if gated else 8) * cfg.row_blocks))
+    block_rows = ROWS_PER_BLOCK[cfg.operands] // (2 if gated else 1)
+    tasks = -(-rows_out // (block_rows * cfg.row_blocks))
     assert cfg.warps % cfg.k_warps == 0, "a block holds whole groups of k_warps"
     if out is None or splits > 1:
         partial = torch.empty((splits, rows_out), device=x.device, dtype=torch.float32)
@@ -123,16 +172,17 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
         partial = out.view(1, rows_out)
     pdl = pdl_enabled(x.device)
     kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl)
-    shared = per_split * SHARED_PER_TILE + (cfg.warps * cfg.row_blocks * 8 * 4
-                                            if cfg.k_warps > 1 else 0)
+    shared = per_split * SHARED_PER_TILE[cfg.operands] + (
+        cfg.warps * cfg.row_blocks * ROWS_PER_BLOCK[cfg.operands] * 4 if cfg.k_warps > 1 else 0)
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
     resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(x.device)
     blocks = max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))
     kernel((blocks, splits), 32 * cfg.warps, shared,
            torch.cuda.current_stream(x.device).cuda_stream,
            x, partial, w.q, w.s, w.b, w.sd, w.n, w.tiles, per_split,
-           w.q.stride(0), w.s.stride(0), w.b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
-           F16_1024, pdl=pdl)
+           *((w.q.stride(0), w.s.stride(0), w.b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
+              F16_1024) if cfg.operands == "f16" else
+             (w.q.stride(0), w.s.stride(0), w.sd.stride(0) // 2, float(w.alpha))), pdl=pdl)
     if splits == 1:
         return partial.view(rows_out)
     return torch.sum(partial, dim=0, out=out)

@@ -1,4 +1,5 @@
-"""The tensor-core Q4_K GEMV (kernels/cuda/q4k_mma_gemv.cu) against the planes' torch reference.
+"""The tensor-core Q4_K GEMVs (kernels/cuda/q4k_mma_gemv.cu, q4k_imma_gemv.cu) against the
+planes' torch reference (the i8 kernel: against `i8_reference`, its 16-bit activation in torch).
 
 The kernel is CUDA C, so Triton's interpreter cannot run it: off the GPU the source is compiled
 for sm_90 (nvcc ships on the CI machine) and the dispatch is checked; on a GPU every path runs.
@@ -33,14 +34,39 @@ def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.skipif(cuda_driver.nvcc_path() is None, reason="no nvcc")
+@pytest.mark.parametrize("operands", ["f16", "i8"])
 @pytest.mark.parametrize("act,k_warps", [(0, 1), (1, 1), (2, 1), (0, 4), (1, 2)])
-def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act, k_warps):
+def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act, k_warps, operands):
     monkeypatch.setenv(cuda_driver.CACHE_ENV, str(tmp_path))
+    source = mma_gemv.SOURCES[operands]
     defines = dict(WARPS=8, ROW_BLOCKS=2, ACT=act, KSPLIT=k_warps, PDL=1)
-    image = cuda_driver.compile_cubin(mma_gemv.SOURCE, "sm_90", defines)
+    image = cuda_driver.compile_cubin(source, "sm_90", defines)
     assert image[:4] == b"\x7fELF"
     assert list(tmp_path.glob("*.cubin")), "the cubin is cached"
-    assert cuda_driver.compile_cubin(mma_gemv.SOURCE, "sm_90", defines) == image
+    assert cuda_driver.compile_cubin(source, "sm_90", defines) == image
+
+
+@pytest.mark.parametrize("scale", [1.0, 3e4, 1e-5])
+def test_i8_activation_keeps_16_bits_a_group(scale):
+    """The i8 kernel's activation: within half a step of x in every group of 32, each step
+    1/32639 of the group's largest |x| (its hi byte then never overflows), zeros kept."""
+    x = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * scale
+    x[64:96] = 0.0
+    x[96:128] *= 1e-3  # a small group next to large ones keeps its own scale
+    got = mma_gemv.i8_activation(x)
+    amax = x.view(-1, 32).abs().amax(dim=1, keepdim=True)
+    err = (got - x).view(-1, 32).abs()
+    assert (err <= amax / mma_gemv.I8_LIMIT * 0.51).all()  # half a step, and float32 rounding
+    assert torch.equal(got[64:96], x[64:96])
+    steps = torch.round(x.view(-1, 32) / (amax / mma_gemv.I8_LIMIT).clamp_min(1e-38))
+    assert steps.abs().max() <= mma_gemv.I8_LIMIT
+
+
+def test_i8_reference_is_within_its_bound_of_the_float_product():
+    w = _q4k(64, 1024, "cpu", seed=2)
+    x = torch.randn(1024, generator=torch.Generator().manual_seed(3))
+    exact = dequantize_reference(w).double() @ x.double()
+    assert 1e-7 < _rel_err(mma_gemv.i8_reference(x, w), exact) < 1e-4
 
 
 def test_dispatch_leaves_cpu_tensors_and_other_formats_to_triton():
@@ -63,37 +89,52 @@ def test_a_kernel_that_does_not_build_falls_back_with_one_warning(tmp_path, monk
     with pytest.warns(UserWarning, match="did not build.*Unsupported gpu architecture"):
         assert not mma_gemv._builds(torch.device("cuda"), mma_gemv.MmaConfig(8, 2, 1), "silu")
     mma_gemv._builds.cache_clear()
+    with pytest.warns(UserWarning, match="did not build"):
+        assert not mma_gemv._builds(torch.device("cuda"),
+                                    mma_gemv.MmaConfig(8, 2, 1, 1, "i8"), None)
+    mma_gemv._builds.cache_clear()
+
+
+def _expected(x: torch.Tensor, w, operands: str) -> torch.Tensor:
+    """float64 on the CPU: the exact product (f16: ~33 bits of each activation), or the i8
+    kernel's own (its 16-bit activation)."""
+    x, w = x.cpu(), w.to("cpu")
+    if operands == "i8":
+        return mma_gemv.i8_reference(x, w)
+    return dequantize_reference(w).double() @ x.double()
 
 
 @needs_gpu
+@pytest.mark.parametrize("operands", ["f16", "i8"])
 @pytest.mark.parametrize("rows,cols", [(1024, 4096), (1032, 1536), (64, 256)])
 @pytest.mark.parametrize("config", [(4, 1, 1), (2, 4, 1), (4, 1, 4), (8, 2, 2), (8, 1, 1, 4),
                                     (8, 2, 1, 8), (4, 2, 3, 2)],
                          ids=lambda c: "/".join(map(str, c)))
 @pytest.mark.parametrize("scale", [1.0, 3e4, 1e-5])
-def test_gemv_matches_reference_product(rows, cols, config, scale):
-    """Odd row counts leave the last warp's row blocks past the end; split K adds partial
-    sums; large and tiny activations exercise the per-super-block power-of-two scale."""
+def test_gemv_matches_reference_product(rows, cols, config, scale, operands):
+    """Odd row counts leave the last warp's row blocks past the end (the i8 kernel's last one
+    overlaps the one before); split K adds partial sums; large and tiny activations exercise
+    the activation's scales."""
     w = _q4k(rows, cols, "cuda", seed=rows)
     x = torch.randn(cols, device="cuda", generator=torch.Generator("cuda").manual_seed(1)) * scale
     if cols > 256:
-        x[256:512] = 0.0  # a super-block of zeros (its parts' scale is 1)
-    expected = dequantize_reference(w).double().cpu() @ x.double().cpu()
-    got = mma_gemv.gemv(x, w, config=mma_gemv.MmaConfig(*config))
-    # three fp16 parts keep ~33 bits of each activation: float32 rounding of the sums
-    assert _rel_err(got, expected) < 2e-6
+        x[256:512] = 0.0  # a super-block of zeros (f16: its parts' scale is 1)
+    got = mma_gemv.gemv(x, w, config=mma_gemv.MmaConfig(*config, operands=operands))
+    # float32 rounding of the sums
+    assert _rel_err(got, _expected(x, w, operands)) < 2e-6
 
 
 @needs_gpu
+@pytest.mark.parametrize("operands", ["f16", "i8"])
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("config", [(8, 2, 1), (2, 4, 1), (8, 2, 1, 4)],
                          ids=lambda c: "/".join(map(str, c)))
-def test_gated_epilogue_matches_reference(act, config):
+def test_gated_epilogue_matches_reference(act, config, operands):
     w = _q4k(2 * 1028, 2048, "cuda", seed=3)  # [gate; up], 1028 output rows: a partial block
     x = torch.randn(2048, device="cuda", generator=torch.Generator("cuda").manual_seed(4))
-    y = (dequantize_reference(w).double() @ x.double()).float()
-    expected = gated_activation(act, y[None, :1028], y[None, 1028:])[0].double().cpu()
-    got = mma_gemv.gemv(x, w, act=act, config=mma_gemv.MmaConfig(*config))
+    y = _expected(x, w, operands).float()
+    expected = gated_activation(act, y[None, :1028], y[None, 1028:])[0].double()
+    got = mma_gemv.gemv(x, w, act=act, config=mma_gemv.MmaConfig(*config, operands=operands))
     assert _rel_err(got, expected) < 2e-6
 
 
@@ -101,7 +142,7 @@ def test_gated_epilogue_matches_reference(act, config):
 def table(tmp_path, monkeypatch):
     """A tuning table of our own in place of the GPU's shipped one."""
     path = tmp_path / "table.mma.json"
-    path.write_text('{"q4_k gated 1024 1024": [4, 2, 1]}')
+    path.write_text('{"q4_k gated 1024 1024": [4, 2, 1], "q4_k 1024 1024": [4, 1, 1, 2, "i8"]}')
     monkeypatch.setenv(mma_gemv.TABLE_ENV, str(path))
     tuning_table.cache_clear()
     yield
@@ -114,6 +155,9 @@ def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
     x = torch.randn(1024, device="cuda")
     assert mma_gemv.choose(x, w, "silu") == mma_gemv.MmaConfig(4, 2, 1)
     assert mma_gemv.choose(x, w) is None  # not in the table: Triton
+    down = _q4k(1024, 1024, "cuda", seed=6)
+    assert mma_gemv.choose(x, down) == mma_gemv.MmaConfig(4, 1, 1, 2, "i8")
+    assert _rel_err(qgemv(x, down), _expected(x, down, "i8")) < 2e-6
     eager = qgemv_gated(x, w, "silu")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

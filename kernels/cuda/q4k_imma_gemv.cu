@@ -1,0 +1,328 @@
+// One-token GEMV over Q4_K planes on integer tensor cores (launcher and layout contract:
+// mma_gemv.py, operands "i8").
+//
+// Why integers: the fp16 tensor-core GEMV (q4k_mma_gemv.cu) spends ~2.7 instructions a weight
+// value turning fields into fp16 products q * s, and its loads alone ran at 2.96 TB/s where the
+// whole ran at 2.20 (stop 19): the arithmetic holds it. Here a field enters the mma as the byte
+// it already is: one logic op masks four fields of a word (the even groups' nibbles, or the odd
+// groups' at 16 times their value, folded into their scale), and `mma.m16n8k32` (u8 weights x
+// s8 activation, s32 sums) takes 512 weight values an instruction. Each group's scale, offset
+// and the super-block's d then apply once per 32 values and row, in float32.
+//
+// The activation: per group of 32 values, x = dx * (256 hi + lo) with hi, lo signed bytes (16
+// bits; |x| / dx <= 32639 so that hi stays a byte), and the float32 sum of the group's x for
+// the offsets. Relative error of a product ~1e-5 of its largest terms, where the fp16 kernel
+// keeps float32's ~1e-7: this kernel runs a product only where the tuning table names it.
+//
+// Operands of mma.m16n8k32 (row.col): A = weights, 16 rows a warp (rows g and g + 8 of lane
+// (g, t) = (lane / 4, lane % 4)), lane t holding k-slots 4t..4t+3 (a0, a1) and 16+4t..16+4t+3
+// (a2, a3). A plane word holds one position of the 8 groups of a super-block (field j = group
+// j), so a word masked with 0x0F0F0F0F gives groups 0, 2, 4, 6 at that position in bytes 0-3:
+// k-slot 4t + e is group 2e (the "low" mmas; 2e + 1 in the "high" ones, masked 0xF0F0F0F0).
+// Lane t reads words 4t..4t+3 and 16+4t..16+4t+3 of each super-block: mma j takes word 4t + j
+// as a0 and 16 + 4t + j as a2. B = the activation, its 8 columns n = 2e + p: group pair e, part
+// p (0: hi, 1: lo), nonzero only in the k-slots of its group (byte e of each word). So an
+// accumulator's cells (row, 2t) and (row, 2t + 1) are the hi and lo sums of group 2t (low
+// mmas) or 2t + 1 (high mmas): every lane ends with its own groups' sums, none discarded.
+// The activation is staged in shared memory once per block so that lane (g, t) reads its four
+// words of a super-block in one 16-byte load: word (o, h) holds positions 16h + 4t .. + 3 of
+// group 2(g / 2) + o, part g % 2; four byte permutes place one byte of it at byte g / 2 of a
+// B register.
+
+#include <cuda_fp16.h>
+#include <stdint.h>
+
+#ifndef WARPS
+#define WARPS 8
+#endif
+#ifndef ROW_BLOCKS
+#define ROW_BLOCKS 1  // blocks of 16 rows a warp computes side by side
+#endif
+#ifndef KSPLIT
+#define KSPLIT 1  // warps of a block that share a task, each over 1/KSPLIT of the super-blocks
+#endif
+#ifndef PDL
+#define PDL 0  // launched as a programmatic dependent (kernels/launch.py; sm_90+)
+#endif
+#ifndef ACT
+#define ACT 0  // 0: plain; 1 silu, 2 gelu_tanh: [gate; up] rows in, act(gate) * up out
+#endif
+
+#define FULL 0xffffffffu
+#define LIMIT 32639.0f  // largest |x| / dx: 256 hi + lo with hi <= 127 after lo's rounding
+
+__device__ __forceinline__ void imma(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                     uint32_t a3, uint32_t b0, uint32_t b1) {
+  asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+      "{%8,%9}, {%0,%1,%2,%3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// weights are read once a token: past L1, first out of L2
+__device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
+  uint4 r;
+  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+               : "l"(p), "l"(policy));
+  return r;
+}
+
+__device__ __forceinline__ float activate(float g) {
+#if ACT == 1
+  return g / (1.0f + expf(-g));
+#else
+  float z = 0.7978845608028654f * (g + 0.044715f * g * g * g);
+  return g * (1.0f - 1.0f / (1.0f + expf(2.0f * z)));
+#endif
+}
+
+struct Rows {  // one super-block of a lane's two rows (g, g + 8), loaded ahead of its use
+  uint4 w0[2], w1[2];  // words 4t..4t+3 and 16+4t..16+4t+3
+  uint32_t s, m;       // the scales and offsets of groups 2t, 2t+1: row g low half, g + 8 high
+  uint32_t dd[2];      // fp16 d, -dmin
+};
+
+struct Base {  // a lane's two rows (g, g + 8) at super-block 0 of each plane
+  const uint4* q[2];
+  const uint16_t *s[2], *b[2];  // groups 2t, 2t + 1
+  const uint32_t* sd[2];
+};
+
+__device__ __forceinline__ Base row_base(const uint32_t* q, const uint8_t* s, const uint8_t* b,
+                                         const uint32_t* sd, const int (&row)[2], int stride_q,
+                                         int stride_s, int stride_sd, int t) {
+  Base a;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    a.q[h] = reinterpret_cast<const uint4*>(q + (size_t)row[h] * stride_q) + t;
+    a.s[h] = reinterpret_cast<const uint16_t*>(s + (size_t)row[h] * stride_s) + t;
+    a.b[h] = reinterpret_cast<const uint16_t*>(b + (size_t)row[h] * stride_s) + t;
+    a.sd[h] = sd + (size_t)row[h] * stride_sd;
+  }
+  return a;
+}
+
+// A row's four lanes read 64 contiguous bytes per load (whole 32-byte sectors). `tt` is the
+// same for the whole warp, so its offsets are computed once, not per lane.
+__device__ __forceinline__ Rows load_rows(const Base& a, int tt, uint64_t pol) {
+  Rows r;
+#pragma unroll
+  for (int h = 0; h < 2; h++) {
+    r.w0[h] = load_stream(a.q[h] + tt * 8, pol);
+    r.w1[h] = load_stream(a.q[h] + tt * 8 + 4, pol);
+    r.dd[h] = a.sd[h][tt];
+  }
+  r.s = a.s[0][tt * 4] | (uint32_t)a.s[1][tt * 4] << 16;
+  r.m = a.b[0][tt * 4] | (uint32_t)a.b[1][tt * 4] << 16;
+  return r;
+}
+
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
+q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
+              const uint32_t* __restrict__ q, const uint8_t* __restrict__ s,
+              const uint8_t* __restrict__ b, const uint32_t* __restrict__ sd, int n, int tiles,
+              int tiles_per_split, int stride_q, int stride_s, int stride_sd, float alpha) {
+  extern __shared__ uint4 smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int t_lo = blockIdx.y * tiles_per_split;
+  const int nt = min(tiles, t_lo + tiles_per_split) - t_lo;
+  uint4* xq = smem;                                       // [nt][32 lanes] the B words
+  float4* xds = reinterpret_cast<float4*>(xq + nt * 32);  // [nt][4 pairs] dx (odd / 16), sums
+
+  uint64_t pol;
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  const int g = lane >> 2, t = lane & 3;
+#if ACT
+  constexpr int STEP = 8;  // output rows a row block: gate rows g, up rows g + 8
+  const int rows_out = n / 2;
+#else
+  constexpr int STEP = 16;
+  const int rows_out = n;
+#endif
+  // Tasks, row blocks and KSPLIT as in q4k_mma_gemv.cu: a warp's task is ROW_BLOCKS row blocks
+  // going through the super-blocks side by side (each staged activation word is read once for
+  // all of them), the grid holds as many blocks as the SMs run at once and each group of
+  // KSPLIT warps takes every (grid groups)-th task, its warps over shares of the super-blocks.
+  static_assert(WARPS % KSPLIT == 0 && (KSPLIT == 1 || WARPS / KSPLIT < 16),
+                "whole groups of KSPLIT warps, each with a named barrier (1..15)");
+  constexpr int GROUPS = WARPS / KSPLIT;
+  const int group = warp / KSPLIT, kpart = warp % KSPLIT;
+  const int k_lo = kpart * nt / KSPLIT, k_hi = (kpart + 1) * nt / KSPLIT;
+  const int tasks = (rows_out + STEP * ROW_BLOCKS - 1) / (STEP * ROW_BLOCKS);
+  const int task_stride = gridDim.x * GROUPS;
+  int task = blockIdx.x * GROUPS + group, first0;
+  int row[ROW_BLOCKS][2];
+  Base base[ROW_BLOCKS];
+  Rows ring[ROW_BLOCKS];  // each row block's next super-block, loading during this one
+  float acc[ROW_BLOCKS][2];
+  auto start = [&](int next_task) {  // a task's rows and its first super-block's loads
+    first0 = next_task * ROW_BLOCKS * STEP;
+#pragma unroll
+    for (int r = 0; r < ROW_BLOCKS; r++) {
+      // a row block past the end recomputes the last one (and stores nothing)
+      const int first = min(first0 + r * STEP, rows_out - STEP);
+#if ACT
+      row[r][0] = first + g;
+      row[r][1] = n / 2 + first + g;
+#else
+      row[r][0] = first + g;
+      row[r][1] = first + g + 8;
+#endif
+      base[r] = row_base(q, s, b, sd, row[r], stride_q, stride_s, stride_sd, t);
+      // (a warp with no super-blocks, k_lo = nt, loads one it never uses, inside the row)
+      ring[r] = load_rows(base[r], min(t_lo + k_lo, tiles - 1), pol);
+      acc[r][0] = acc[r][1] = 0.0f;
+    }
+  };
+  if (task < tasks) start(task);  // loading while the activation is staged
+#if PDL
+  // the weights above are constant; x is the previous kernel's output
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+  // stage the activation: a warp per super-block, four lanes per group (lane: group j = lane
+  // / 4, positions 8u..8u+7, u = lane % 4)
+  for (int tt = warp; tt < nt; tt += WARPS) {
+    const int j = lane >> 2, u = lane & 3;
+    const float4* xt = reinterpret_cast<const float4*>(x + (size_t)(t_lo + tt) * 256 + 32 * j +
+                                                       8 * u);
+    const float4 v0 = xt[0], v1 = xt[1];
+    const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+    float amax = 0.0f, sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      amax = fmaxf(amax, fabsf(v[i]));
+      sum += v[i];
+    }
+#pragma unroll
+    for (int o = 1; o < 4; o <<= 1) {
+      amax = fmaxf(amax, __shfl_xor_sync(FULL, amax, o));
+      sum += __shfl_xor_sync(FULL, sum, o);
+    }
+    // a group of (near) zeros stays zero rather than scaling by an infinite 1 / dx
+    const bool live = amax > 1e-30f;
+    const float inv = live ? LIMIT / amax : 0.0f, dx = live ? amax / LIMIT : 0.0f;
+    uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      const int qv = __float2int_rn(v[i] * inv);
+      const int l8 = (qv << 24) >> 24, h8 = (qv - l8) >> 8;
+      lo[i >> 2] |= (uint32_t)(l8 & 0xff) << (8 * (i & 3));
+      hi[i >> 2] |= (uint32_t)(h8 & 0xff) << (8 * (i & 3));
+    }
+    // positions 8u + 4c .. + 3 are those of lane t = 2 (u % 2) + c, half h = u / 2
+    const int e = j >> 1, o = j & 1, h = u >> 1;
+    uint32_t* words = reinterpret_cast<uint32_t*>(xq + tt * 32);
+#pragma unroll
+    for (int c = 0; c < 2; c++) {
+      const int tl = 2 * (u & 1) + c;
+      words[((e * 2 + 0) * 4 + tl) * 4 + o * 2 + h] = hi[c];
+      words[((e * 2 + 1) * 4 + tl) * 4 + o * 2 + h] = lo[c];
+    }
+    if (u == 0) {
+      float* pair = reinterpret_cast<float*>(xds + tt * 4 + e);
+      pair[o] = o ? dx * 0.0625f : dx;  // the odd groups' fields are read 16 times too large
+      pair[2 + o] = sum;
+    }
+  }
+  __syncthreads();
+#if PDL
+  // every block is resident (one wave), so a successor's early blocks take none of its SMs
+  asm volatile("griddepcontrol.launch_dependents;");
+#endif
+
+  // byte j of a staged word to byte g / 2 of a B register, zeros elsewhere
+  uint32_t sel[4];
+#pragma unroll
+  for (int jj = 0; jj < 4; jj++) sel[jj] = 0x4444u ^ ((4u ^ jj) << (4 * (g >> 1)));
+
+  for (; task < tasks; task += task_stride) {
+  // two super-blocks a trip, so that the ring's loads land in registers without copies
+#pragma unroll 2
+  for (int tt = k_lo; tt < k_hi; tt++) {
+    const uint4 xw = xq[tt * 32 + lane];
+    const float4 ds = xds[tt * 4 + t];
+    uint32_t bl[4][2], bh[4][2];  // B of the low and high mmas
+#pragma unroll
+    for (int jj = 0; jj < 4; jj++) {
+      bl[jj][0] = __byte_perm(xw.x, 0, sel[jj]);
+      bl[jj][1] = __byte_perm(xw.y, 0, sel[jj]);
+      bh[jj][0] = __byte_perm(xw.z, 0, sel[jj]);
+      bh[jj][1] = __byte_perm(xw.w, 0, sel[jj]);
+    }
+#pragma unroll
+    for (int r = 0; r < ROW_BLOCKS; r++) {
+      const Rows cur = ring[r];
+      // the last super-block of a task loads itself again: no branch around the loads
+      ring[r] = load_rows(base[r], t_lo + min(tt + 1, k_hi - 1), pol);
+      const uint32_t a0[4] = {cur.w0[0].x, cur.w0[0].y, cur.w0[0].z, cur.w0[0].w};
+      const uint32_t a1[4] = {cur.w0[1].x, cur.w0[1].y, cur.w0[1].z, cur.w0[1].w};
+      const uint32_t a2[4] = {cur.w1[0].x, cur.w1[0].y, cur.w1[0].z, cur.w1[0].w};
+      const uint32_t a3[4] = {cur.w1[1].x, cur.w1[1].y, cur.w1[1].z, cur.w1[1].w};
+      int cl[4] = {0, 0, 0, 0}, ch[4] = {0, 0, 0, 0};
+#pragma unroll
+      for (int jj = 0; jj < 4; jj++) {
+        constexpr uint32_t L = 0x0F0F0F0Fu, H = 0xF0F0F0F0u;
+        imma(cl, a0[jj] & L, a1[jj] & L, a2[jj] & L, a3[jj] & L, bl[jj][0], bl[jj][1]);
+        imma(ch, a0[jj] & H, a1[jj] & H, a2[jj] & H, a3[jj] & H, bh[jj][0], bh[jj][1]);
+      }
+      // cells (row, hi) and (row, lo) of groups 2t (cl) and 2t + 1 (ch), rows g then g + 8
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const float even = (float)(cl[2 * h] * 256 + cl[2 * h + 1]);
+        const float odd = (float)(ch[2 * h] * 256 + ch[2 * h + 1]);
+        const uint32_t sc = cur.s >> (16 * h), mn = cur.m >> (16 * h);
+        const float part = even * ((float)(sc & 0xff) * ds.x) +
+                           odd * ((float)((sc >> 8) & 0xff) * ds.y);
+        const float offs = (float)(mn & 0xff) * ds.z + (float)((mn >> 8) & 0xff) * ds.w;
+        const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&cur.dd[h]));
+        acc[r][h] = fmaf(dm.x, part, fmaf(dm.y, offs, acc[r][h]));
+      }
+    }
+  }
+  float val[ROW_BLOCKS][2];  // lane (g, 0): rows g and g + 8 of each row block
+#pragma unroll
+  for (int r = 0; r < ROW_BLOCKS; r++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) {
+      float v = acc[r][h];  // groups 2t, 2t + 1: the four lanes of a row add theirs
+      v += __shfl_xor_sync(FULL, v, 1);
+      v += __shfl_xor_sync(FULL, v, 2);
+      val[r][h] = v;
+    }
+#if KSPLIT > 1
+  {  // the group's warps add their sums in a fixed order (after the staged activation)
+    float* red = reinterpret_cast<float*>(xds + nt * 4) +
+                 group * KSPLIT * ROW_BLOCKS * 16;  // [KSPLIT][ROW_BLOCKS][16 rows]
+#pragma unroll
+    for (int r = 0; r < ROW_BLOCKS; r++)
+      if (t == 0) {
+        red[(kpart * ROW_BLOCKS + r) * 16 + g] = val[r][0];
+        red[(kpart * ROW_BLOCKS + r) * 16 + g + 8] = val[r][1];
+      }
+    asm volatile("bar.sync %0, %1;" ::"r"(group + 1), "r"(KSPLIT * 32) : "memory");
+#pragma unroll
+    for (int r = 0; r < ROW_BLOCKS; r++) {
+      val[r][0] = val[r][1] = 0.0f;
+      for (int k = 0; k < KSPLIT; k++) {
+        val[r][0] += red[(k * ROW_BLOCKS + r) * 16 + g];
+        val[r][1] += red[(k * ROW_BLOCKS + r) * 16 + g + 8];
+      }
+    }
+    asm volatile("bar.sync %0, %1;" ::"r"(group + 1), "r"(KSPLIT * 32) : "memory");
+  }
+#endif
+#pragma unroll
+  for (int r = 0; r < ROW_BLOCKS; r++) {
+    if (first0 + r * STEP < rows_out && t == 0 && kpart == 0) {
+#if ACT
+      out[row[r][0]] = activate(val[r][0] * alpha) * (val[r][1] * alpha);
+#else
+      out[(size_t)blockIdx.y * n + row[r][0]] = val[r][0] * alpha;
+      out[(size_t)blockIdx.y * n + row[r][1]] = val[r][1] * alpha;
+#endif
+    }
+  }
+  if (task + task_stride < tasks) start(task + task_stride);
+  }
+}
