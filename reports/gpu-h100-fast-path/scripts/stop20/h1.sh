@@ -16,3 +16,4 @@ for i in 1 2; do for t in shipped swept; do
 done; done
 unset IMPDIFF_MMA_TABLE
 cmp $OUT/h1_greedy_shipped.json $OUT/h1_greedy_swept.json && echo "8B greedy: identical" | tee -a $OUT/h1_bench.txt
+IMPDIFF_MMA_TABLE=/tmp/h1_table.json timeout 60 python benchmarks/profile_decode.py /tmp/l8q4.gguf --graph 2>&1 | tail -25 | tee $OUT/h1_profile.txt
