@@ -61,6 +61,10 @@ class MmaConfig:
         block = ROWS_PER_BLOCK[self.operands] // (2 if gated else 1)
         return rows_out >= block if self.operands == "i8" else rows_out % block == 0
 
+    def takes(self, x: torch.Tensor) -> bool:
+        """The i8 kernel stages the activation in 16-byte loads."""
+        return self.operands != "i8" or x.data_ptr() % 16 == 0
+
 
 def i8_activation(x: torch.Tensor) -> torch.Tensor:
     """x as the i8 kernel multiplies the fields by it: per group of 32 values, dx * round(x /
@@ -94,7 +98,7 @@ def supported(x: torch.Tensor, w) -> bool:
                  and all(p.stride(1) == 1 for p in w.planes())
                  and w.q.data_ptr() % 16 == 0)  # rows read in 16-byte vectors
     return (planes_ok and x.dtype == torch.float32 and x.is_contiguous()
-            and x.data_ptr() % 16 == 0 and _capable(x.device))
+            and _capable(x.device))
 
 
 @functools.cache
@@ -137,7 +141,8 @@ def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
     else:
         tuned = table.get(f"q4_k{' gated' if gated else ''} {w.n} {w.k}")
         cfg = MmaConfig(*tuned) if tuned else None
-    return cfg if cfg and cfg.fits(w, gated) and _builds(x.device, cfg, act) else None
+    return (cfg if cfg and cfg.fits(w, gated) and cfg.takes(x) and _builds(x.device, cfg, act)
+            else None)
 
 
 @functools.cache
@@ -160,6 +165,7 @@ def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = 
     gated = act is not None
     cfg = config or (MmaConfig(8, 2, 1) if gated else MmaConfig(4, 1, 1))
     assert cfg.fits(w, gated), f"{cfg} does not cover {w.n} rows{' gated' if gated else ''}"
+    assert cfg.takes(x), f"{cfg} needs x at a 16-byte boundary"
     per_split = -(-w.tiles // cfg.split_k)
     splits = -(-w.tiles // per_split)
     rows_out = w.n // 2 if gated else w.n
