@@ -157,6 +157,8 @@ def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
     assert mma_gemv.choose(x, w) is None  # not in the table: Triton
     down = _q4k(1024, 1024, "cuda", seed=6)
     assert mma_gemv.choose(x, down) == mma_gemv.MmaConfig(4, 1, 1, 2, "i8")
+    unaligned = torch.randn(1025, device="cuda")[1:]  # the i8 kernel stages x in 16-byte loads
+    assert mma_gemv.choose(unaligned, down) is None
     assert _rel_err(qgemv(x, down), _expected(x, down, "i8")) < 2e-6
     eager = qgemv_gated(x, w, "silu")
     graph = torch.cuda.CUDAGraph()
