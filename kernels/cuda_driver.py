@@ -12,6 +12,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -57,6 +58,13 @@ def _cache_dir() -> Path:
     return path
 
 
+def local_headers(source: Path) -> list[Path]:
+    """The headers `source` includes by a quoted name from its own folder: part of the cache key,
+    so that a changed header rebuilds every kernel that includes it."""
+    names = re.findall(r'^\s*#include\s+"([^"]+)"', source.read_text(), flags=re.MULTILINE)
+    return [source.parent / name for name in names]
+
+
 def compile_cubin(source: Path, arch: str, defines: dict[str, int]) -> bytes:
     """The cubin of `source` for `arch` (e.g. "sm_90") with -D`defines`, from the cache when
     the same source and flags were compiled before."""
@@ -65,7 +73,8 @@ def compile_cubin(source: Path, arch: str, defines: dict[str, int]) -> bytes:
         raise CudaBuildError("nvcc not found (set CUDA_HOME): the CUDA kernels compile at run time")
     flags = ["-cubin", f"-arch={arch}", "-O3", "-std=c++17",
              *(f"-D{k}={v}" for k, v in sorted(defines.items()))]
-    key = hashlib.sha256(source.read_bytes() + " ".join(flags).encode()).hexdigest()[:24]
+    text = source.read_bytes() + b"".join(h.read_bytes() for h in local_headers(source))
+    key = hashlib.sha256(text + " ".join(flags).encode()).hexdigest()[:24]
     cached = _cache_dir() / f"{source.stem}-{key}.cubin"
     if cached.is_file():
         return cached.read_bytes()

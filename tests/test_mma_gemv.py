@@ -46,6 +46,19 @@ def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act, k_warps, op
     assert cuda_driver.compile_cubin(source, "sm_90", defines) == image
 
 
+@pytest.mark.skipif(cuda_driver.nvcc_path() is None, reason="no nvcc")
+def test_a_changed_header_rebuilds_the_kernels_that_include_it(tmp_path, monkeypatch):
+    cache = tmp_path / "cache"
+    monkeypatch.setenv(cuda_driver.CACHE_ENV, str(cache))
+    header, source = tmp_path / "k.cuh", tmp_path / "k.cu"
+    header.write_text("#define SCALE 2.0f\n")
+    source.write_text('#include "k.cuh"\nextern "C" __global__ void k(float* p) { p[0] *= SCALE; }\n')
+    first = cuda_driver.compile_cubin(source, "sm_90", {})
+    header.write_text("#define SCALE 3.0f\n")
+    assert cuda_driver.compile_cubin(source, "sm_90", {}) != first
+    assert len(list(cache.glob("*.cubin"))) == 2
+
+
 @pytest.mark.parametrize("scale", [1.0, 3e4, 1e-5])
 def test_i8_activation_keeps_16_bits_a_group(scale):
     """The i8 kernel's activation: within half a step of x in every group of 32, each step

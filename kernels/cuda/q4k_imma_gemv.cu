@@ -32,23 +32,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-#ifndef WARPS
-#define WARPS 8
-#endif
-#ifndef ROW_BLOCKS
-#define ROW_BLOCKS 1  // blocks of 16 rows a warp computes side by side
-#endif
-#ifndef KSPLIT
-#define KSPLIT 1  // warps of a block that share a task, each over 1/KSPLIT of the super-blocks
-#endif
-#ifndef PDL
-#define PDL 0  // launched as a programmatic dependent (kernels/launch.py; sm_90+)
-#endif
-#ifndef ACT
-#define ACT 0  // 0: plain; 1 silu, 2 gelu_tanh: [gate; up] rows in, act(gate) * up out
-#endif
+#include "q4k_gemv.cuh"
 
-#define FULL 0xffffffffu
 #define LIMIT 32639.0f  // largest |x| / dx: 256 hi + lo with hi <= 127 after lo's rounding
 
 __device__ __forceinline__ void imma(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -57,24 +42,6 @@ __device__ __forceinline__ void imma(int (&c)[4], uint32_t a0, uint32_t a1, uint
       "{%8,%9}, {%0,%1,%2,%3};"
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-// weights are read once a token: past L1, first out of L2
-__device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p), "l"(policy));
-  return r;
-}
-
-__device__ __forceinline__ float activate(float g) {
-#if ACT == 1
-  return g / (1.0f + expf(-g));
-#else
-  float z = 0.7978845608028654f * (g + 0.044715f * g * g * g);
-  return g * (1.0f - 1.0f / (1.0f + expf(2.0f * z)));
-#endif
 }
 
 struct Rows {  // one super-block of a lane's two rows (g, g + 8), loaded ahead of its use
@@ -140,18 +107,8 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   constexpr int STEP = 16;
   const int rows_out = n;
 #endif
-  // Tasks, row blocks and KSPLIT as in q4k_mma_gemv.cu: a warp's task is ROW_BLOCKS row blocks
-  // going through the super-blocks side by side (each staged activation word is read once for
-  // all of them), the grid holds as many blocks as the SMs run at once and each group of
-  // KSPLIT warps takes every (grid groups)-th task, its warps over shares of the super-blocks.
-  static_assert(WARPS % KSPLIT == 0 && (KSPLIT == 1 || WARPS / KSPLIT < 16),
-                "whole groups of KSPLIT warps, each with a named barrier (1..15)");
-  constexpr int GROUPS = WARPS / KSPLIT;
-  const int group = warp / KSPLIT, kpart = warp % KSPLIT;
-  const int k_lo = kpart * nt / KSPLIT, k_hi = (kpart + 1) * nt / KSPLIT;
-  const int tasks = (rows_out + STEP * ROW_BLOCKS - 1) / (STEP * ROW_BLOCKS);
-  const int task_stride = gridDim.x * GROUPS;
-  int task = blockIdx.x * GROUPS + group, first0;
+  const Tasks w = tasks_of(warp, nt, rows_out, STEP * ROW_BLOCKS);
+  int task = w.first, first0;
   int row[ROW_BLOCKS][2];
   Base base[ROW_BLOCKS];
   Rows ring[ROW_BLOCKS];  // each row block's next super-block, loading during this one
@@ -171,11 +128,11 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
 #endif
       base[r] = row_base(q, s, b, sd, row[r], stride_q, stride_s, stride_sd, t);
       // (a warp with no super-blocks, k_lo = nt, loads one it never uses, inside the row)
-      ring[r] = load_rows(base[r], min(t_lo + k_lo, tiles - 1), pol);
+      ring[r] = load_rows(base[r], min(t_lo + w.k_lo, tiles - 1), pol);
       acc[r][0] = acc[r][1] = 0.0f;
     }
   };
-  if (task < tasks) start(task);  // loading while the activation is staged
+  if (task < w.count) start(task);  // loading while the activation is staged
 #if PDL
   // the weights above are constant; x is the previous kernel's output
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -236,10 +193,10 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
 #pragma unroll
   for (int jj = 0; jj < 4; jj++) sel[jj] = 0x4444u ^ ((4u ^ jj) << (4 * (g >> 1)));
 
-  for (; task < tasks; task += task_stride) {
+  for (; task < w.count; task += w.stride) {
   // two super-blocks a trip, so that the ring's loads land in registers without copies
 #pragma unroll 2
-  for (int tt = k_lo; tt < k_hi; tt++) {
+  for (int tt = w.k_lo; tt < w.k_hi; tt++) {
     const uint4 xw = xq[tt * 32 + lane];
     const float4 ds = xds[tt * 4 + t];
     uint32_t bl[4][2], bh[4][2];  // B of the low and high mmas
@@ -254,7 +211,7 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
     for (int r = 0; r < ROW_BLOCKS; r++) {
       const Rows cur = ring[r];
       // the last super-block of a task loads itself again: no branch around the loads
-      ring[r] = load_rows(base[r], t_lo + min(tt + 1, k_hi - 1), pol);
+      ring[r] = load_rows(base[r], t_lo + min(tt + 1, w.k_hi - 1), pol);
       const uint32_t a0[4] = {cur.w0[0].x, cur.w0[0].y, cur.w0[0].z, cur.w0[0].w};
       const uint32_t a1[4] = {cur.w0[1].x, cur.w0[1].y, cur.w0[1].z, cur.w0[1].w};
       const uint32_t a2[4] = {cur.w1[0].x, cur.w1[0].y, cur.w1[0].z, cur.w1[0].w};
@@ -290,31 +247,10 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
       v += __shfl_xor_sync(FULL, v, 2);
       val[r][h] = v;
     }
-#if KSPLIT > 1
-  {  // the group's warps add their sums in a fixed order (after the staged activation)
-    float* red = reinterpret_cast<float*>(xds + nt * 4) +
-                 group * KSPLIT * ROW_BLOCKS * 16;  // [KSPLIT][ROW_BLOCKS][16 rows]
-#pragma unroll
-    for (int r = 0; r < ROW_BLOCKS; r++)
-      if (t == 0) {
-        red[(kpart * ROW_BLOCKS + r) * 16 + g] = val[r][0];
-        red[(kpart * ROW_BLOCKS + r) * 16 + g + 8] = val[r][1];
-      }
-    asm volatile("bar.sync %0, %1;" ::"r"(group + 1), "r"(KSPLIT * 32) : "memory");
-#pragma unroll
-    for (int r = 0; r < ROW_BLOCKS; r++) {
-      val[r][0] = val[r][1] = 0.0f;
-      for (int k = 0; k < KSPLIT; k++) {
-        val[r][0] += red[(k * ROW_BLOCKS + r) * 16 + g];
-        val[r][1] += red[(k * ROW_BLOCKS + r) * 16 + g + 8];
-      }
-    }
-    asm volatile("bar.sync %0, %1;" ::"r"(group + 1), "r"(KSPLIT * 32) : "memory");
-  }
-#endif
+  add_k_parts(reinterpret_cast<float*>(xds + nt * 4), val, w, g, t == 0);
 #pragma unroll
   for (int r = 0; r < ROW_BLOCKS; r++) {
-    if (first0 + r * STEP < rows_out && t == 0 && kpart == 0) {
+    if (first0 + r * STEP < rows_out && t == 0 && w.kpart == 0) {
 #if ACT
       out[row[r][0]] = activate(val[r][0] * alpha) * (val[r][1] * alpha);
 #else
@@ -323,6 +259,6 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
 #endif
     }
   }
-  if (task + task_stride < tasks) start(task + task_stride);
+  if (task + w.stride < w.count) start(task + w.stride);
   }
 }

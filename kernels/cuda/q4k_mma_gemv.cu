@@ -22,23 +22,8 @@
 #include <cuda_fp16.h>
 #include <stdint.h>
 
-#ifndef WARPS
-#define WARPS 8
-#endif
-#ifndef ROW_BLOCKS
-#define ROW_BLOCKS 1  // blocks of 8 rows a warp computes side by side
-#endif
-#ifndef KSPLIT
-#define KSPLIT 1  // warps of a block that share a task, each over 1/KSPLIT of the super-blocks
-#endif
-#ifndef PDL
-#define PDL 0  // launched as a programmatic dependent (kernels/launch.py; sm_90+)
-#endif
-#ifndef ACT
-#define ACT 0  // 0: plain; 1 silu, 2 gelu_tanh: [gate; up] rows in, act(gate) * up out
-#endif
+#include "q4k_gemv.cuh"
 
-#define FULL 0xffffffffu
 #define PARTS 3  // fp16 parts of the activation
 
 __device__ __forceinline__ uint32_t hfma2(uint32_t a, uint32_t b, uint32_t c) {
@@ -75,27 +60,9 @@ __device__ __forceinline__ void mma(float (&acc)[4], const uint4& a, uint32_t b0
       : "r"(a.x), "r"(a.y), "r"(a.z), "r"(a.w), "r"(b01), "r"(b23));
 }
 
-// weights are read once a token: past L1, first out of L2
-__device__ __forceinline__ uint4 load_stream(const uint4* p, uint64_t policy) {
-  uint4 r;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
-               : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
-               : "l"(p), "l"(policy));
-  return r;
-}
-
 __device__ __forceinline__ uint32_t f16_pair(float lo, float hi) {
   __half2 h = __floats2half2_rn(lo, hi);
   return *reinterpret_cast<uint32_t*>(&h);
-}
-
-__device__ __forceinline__ float activate(float g) {
-#if ACT == 1
-  return g / (1.0f + expf(-g));
-#else
-  float z = 0.7978845608028654f * (g + 0.044715f * g * g * g);
-  return g * (1.0f - 1.0f / (1.0f + expf(2.0f * z)));
-#endif
 }
 
 struct Stage {  // one super-block's operands, loaded ahead of their use
@@ -149,25 +116,8 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   constexpr int STEP = 8;
   const int rows_out = n;
 #endif
-  // A warp's task is ROW_BLOCKS row blocks, which go through the super-blocks side by side so
-  // that each staged activation fragment is read once for all of them (shared memory was the
-  // busiest unit, read once per row block); a row block past the end recomputes the last one
-  // and stores nothing. The grid holds as many blocks as the SMs run at once and each warp
-  // takes every (grid warps)-th task: SMs end with equal shares where a block per set of rows
-  // left some SMs two blocks and others one, and the activation is staged once per block.
-  //
-  // KSPLIT > 1: the warps of a block form groups of KSPLIT that share a task, each warp over
-  // its share of the super-blocks, and add their sums through shared memory; a product of few
-  // rows then keeps every warp busy without a second kernel adding split-K partial sums (which
-  // also breaks the chain of dependent launches).
-  static_assert(WARPS % KSPLIT == 0 && (KSPLIT == 1 || WARPS / KSPLIT < 16),
-                "whole groups of KSPLIT warps, each with a named barrier (1..15)");
-  constexpr int GROUPS = WARPS / KSPLIT;
-  const int group = warp / KSPLIT, kpart = warp % KSPLIT;
-  const int k_lo = kpart * nt / KSPLIT, k_hi = (kpart + 1) * nt / KSPLIT;
-  const int tasks = (rows_out + STEP * ROW_BLOCKS - 1) / (STEP * ROW_BLOCKS);
-  const int task_stride = gridDim.x * GROUPS;
-  int task = blockIdx.x * GROUPS + group, first0;
+  const Tasks w = tasks_of(warp, nt, rows_out, STEP * ROW_BLOCKS);
+  int task = w.first, first0;
   int row[ROW_BLOCKS];
   Stage ring[ROW_BLOCKS];  // each row block's next super-block, loading during this one
   float tot0[ROW_BLOCKS], tot1[ROW_BLOCKS], mins[ROW_BLOCKS];
@@ -183,11 +133,11 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
 #endif
       // (a warp with no super-blocks, k_lo = nt, loads one it never uses, inside the row)
       ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd,
-                           min(t_lo + k_lo, tiles - 1), c, pol);
+                           min(t_lo + w.k_lo, tiles - 1), c, pol);
       tot0[r] = tot1[r] = mins[r] = 0.0f;
     }
   };
-  if (task < tasks) start(task);  // loading while the activation is staged
+  if (task < w.count) start(task);  // loading while the activation is staged
 #if PDL
   // the weights above are constant; x is the previous kernel's output
   asm volatile("griddepcontrol.wait;" ::: "memory");
@@ -242,8 +192,8 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   asm volatile("griddepcontrol.launch_dependents;");
 #endif
 
-  for (; task < tasks; task += task_stride) {
-  for (int tt = k_lo; tt < k_hi; tt++) {
+  for (; task < w.count; task += w.stride) {
+  for (int tt = w.k_lo; tt < w.k_hi; tt++) {
     uint4 a[8];
     const uint4* xt = xa + (tt * 8 * 4 + c) * PARTS + part;
 #pragma unroll
@@ -253,7 +203,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
 #pragma unroll
     for (int r = 0; r < ROW_BLOCKS; r++) {
       const Stage cur = ring[r];
-      if (tt + 1 < k_hi)
+      if (tt + 1 < w.k_hi)
         ring[r] = load_stage(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd,
                              t_lo + tt + 1, c, pol);
       // (s_p, s_p+4) as fp16 pairs; odd fields sit 4 bits up, so their scale is s / 16
@@ -288,7 +238,7 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
                      mins[r]);
     }
   }
-  float val[ROW_BLOCKS];  // lane (g, c): weight row g of each row block
+  float val[ROW_BLOCKS][1];  // lane (g, c): weight row g of each row block
 #pragma unroll
   for (int r = 0; r < ROW_BLOCKS; r++) {
     // parts (g) into one sum per accumulator row, offsets (c) into one per weight row
@@ -301,33 +251,19 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
     m += __shfl_xor_sync(FULL, m, 1);
     m += __shfl_xor_sync(FULL, m, 2);
     const float even = __shfl_sync(FULL, t0, g >> 1), odd = __shfl_sync(FULL, t1, g >> 1);
-    val[r] = ((g & 1) ? odd : even) + m;
+    val[r][0] = ((g & 1) ? odd : even) + m;
   }
-#if KSPLIT > 1
-  {  // the group's warps add their sums in a fixed order (after the staged activation)
-    float* red = inv + nt + group * KSPLIT * ROW_BLOCKS * 8;  // [KSPLIT][ROW_BLOCKS][8 rows]
-#pragma unroll
-    for (int r = 0; r < ROW_BLOCKS; r++)
-      if (c == 0) red[(kpart * ROW_BLOCKS + r) * 8 + g] = val[r];
-    asm volatile("bar.sync %0, %1;" ::"r"(group + 1), "r"(KSPLIT * 32) : "memory");
-#pragma unroll
-    for (int r = 0; r < ROW_BLOCKS; r++) {
-      val[r] = 0.0f;
-      for (int k = 0; k < KSPLIT; k++) val[r] += red[(k * ROW_BLOCKS + r) * 8 + g];
-    }
-    asm volatile("bar.sync %0, %1;" ::"r"(group + 1), "r"(KSPLIT * 32) : "memory");
-  }
-#endif
+  add_k_parts(inv + nt, val, w, g, c == 0);
 #pragma unroll
   for (int r = 0; r < ROW_BLOCKS; r++) {
-    const bool stores = first0 + r * STEP < rows_out && c == 0 && kpart == 0;
+    const bool stores = first0 + r * STEP < rows_out && c == 0 && w.kpart == 0;
 #if ACT
-    const float up = __shfl_sync(FULL, val[r], lane + 16);
-    if (stores && g < 4) out[row[r]] = activate(val[r] * alpha) * (up * alpha);
+    const float up = __shfl_sync(FULL, val[r][0], lane + 16);
+    if (stores && g < 4) out[row[r]] = activate(val[r][0] * alpha) * (up * alpha);
 #else
-    if (stores) out[(size_t)blockIdx.y * n + row[r]] = val[r] * alpha;
+    if (stores) out[(size_t)blockIdx.y * n + row[r]] = val[r][0] * alpha;
 #endif
   }
-  if (task + task_stride < tasks) start(task + task_stride);
+  if (task + w.stride < w.count) start(task + w.stride);
   }
 }
