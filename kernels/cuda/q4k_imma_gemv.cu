@@ -100,13 +100,8 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   uint64_t pol;
   asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
   const int g = lane >> 2, t = lane & 3;
-#if ACT
-  constexpr int STEP = 8;  // output rows a row block: gate rows g, up rows g + 8
-  const int rows_out = n / 2;
-#else
-  constexpr int STEP = 16;
-  const int rows_out = n;
-#endif
+  constexpr int STEP = ACT ? 8 : 16;  // output rows a row block (gated: gate rows g, up g + 8)
+  const int rows_out = ACT ? n / 2 : n;
   const Tasks w = tasks_of(warp, nt, rows_out, STEP * ROW_BLOCKS);
   int task = w.first, first0;
   int row[ROW_BLOCKS][2];
@@ -119,13 +114,8 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
     for (int r = 0; r < ROW_BLOCKS; r++) {
       // a row block past the end recomputes the last one (and stores nothing)
       const int first = min(first0 + r * STEP, rows_out - STEP);
-#if ACT
       row[r][0] = first + g;
-      row[r][1] = n / 2 + first + g;
-#else
-      row[r][0] = first + g;
-      row[r][1] = first + g + 8;
-#endif
+      row[r][1] = (ACT ? n / 2 : 8) + first + g;  // gated: the up row of gate row g
       base[r] = row_base(q, s, b, sd, row[r], stride_q, stride_s, stride_sd, t);
       // (a warp with no super-blocks, k_lo = nt, loads one it never uses, inside the row)
       ring[r] = load_rows(base[r], min(t_lo + w.k_lo, tiles - 1), pol);

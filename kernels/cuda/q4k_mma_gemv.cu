@@ -109,13 +109,8 @@ q4k_mma_gemv(const float* __restrict__ x, float* __restrict__ out, const uint32_
   // lanes g >= PARTS compute rows nobody reads: they load a part anyway (no predicate, no
   // zeroing) and their sums are dropped before the rows are added
   const int part = g % PARTS;
-#if ACT
-  constexpr int STEP = 4;  // output rows a row block: gate rows g < 4, up rows g >= 4
-  const int rows_out = n / 2;
-#else
-  constexpr int STEP = 8;
-  const int rows_out = n;
-#endif
+  constexpr int STEP = ACT ? 4 : 8;  // output rows a row block (gated: gate rows g < 4, up g >= 4)
+  const int rows_out = ACT ? n / 2 : n;
   const Tasks w = tasks_of(warp, nt, rows_out, STEP * ROW_BLOCKS);
   int task = w.first, first0;
   int row[ROW_BLOCKS];
