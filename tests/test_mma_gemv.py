@@ -155,7 +155,7 @@ def test_gated_epilogue_matches_reference(act, config, operands):
 def table(tmp_path, monkeypatch):
     """A tuning table of our own in place of the GPU's shipped one."""
     path = tmp_path / "table.mma.json"
-    path.write_text('{"q4_k gated 1024 1024": [4, 2, 1], "q4_k 1024 1024": [4, 1, 1, 2, "i8"]}')
+    path.write_text('{"q4_k gated 1024 1024": [4, 2, 1], "q4_k 512 1024": [4, 1, 1, 2, "i8"]}')
     monkeypatch.setenv(mma_gemv.TABLE_ENV, str(path))
     tuning_table.cache_clear()
     yield
@@ -168,7 +168,7 @@ def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
     x = torch.randn(1024, device="cuda")
     assert mma_gemv.choose(x, w, "silu") == mma_gemv.MmaConfig(4, 2, 1)
     assert mma_gemv.choose(x, w) is None  # not in the table: Triton
-    down = _q4k(1024, 1024, "cuda", seed=6)
+    down = _q4k(512, 1024, "cuda", seed=6)
     assert mma_gemv.choose(x, down) == mma_gemv.MmaConfig(4, 1, 1, 2, "i8")
     unaligned = torch.randn(1025, device="cuda")[1:]  # the i8 kernel stages x in 16-byte loads
     assert mma_gemv.choose(unaligned, down) is None
