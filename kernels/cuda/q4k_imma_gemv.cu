@@ -112,7 +112,8 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
     first0 = next_task * ROW_BLOCKS * STEP;
 #pragma unroll
     for (int r = 0; r < ROW_BLOCKS; r++) {
-      // a row block past the end recomputes the last one (and stores nothing)
+      // a row block past the end recomputes the last one (and stores nothing); a partial last
+      // one overlaps the block before it and stores those rows again, the same values
       const int first = min(first0 + r * STEP, rows_out - STEP);
       row[r][0] = first + g;
       row[r][1] = (ACT ? n / 2 : 8) + first + g;  // gated: the up row of gate row g
