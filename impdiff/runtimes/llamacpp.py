@@ -581,11 +581,11 @@ class LlamaCppRuntime(Runtime):
                 pass
         try:
 
-            def pieces(entries) -> list[tuple[int, np.ndarray]]:
+            def pieces(entries, buf=mm) -> list[tuple[int, np.ndarray]]:
                 out = []
                 for pos, off, shape in entries:
                     count = int(np.prod(shape))
-                    out.append((pos, np.frombuffer(mm, dtype=np.float32, count=count, offset=off).reshape(shape)))
+                    out.append((pos, np.frombuffer(buf, dtype=np.float32, count=count, offset=off).reshape(shape)))
                 return out
 
             logits = (pieces(man["logits"])[0][1].copy() if last_only
