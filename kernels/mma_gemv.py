@@ -9,10 +9,11 @@
 It reads the planes of `quant_matmul` as they are (4-bit fields in words, u8 scales and
 offsets, each super-block's fp16 d and -dmin), so prefill, the dequantiser and the reference
 are unchanged. `quant_matmul.qgemv` and `qgemv_gated` hand it the Q4_K products `choose`
-picks: those of the GPU's tuning table, which the sweep fills only where this kernel beat the
-Triton GEMV (on the H100 the gated gate/up product, 2.18 against 1.94 TB/s; the smaller
-products stay on Triton). Its sums are also closer to exact (float32 products of ~33-bit
-activation parts: a few 1e-7 of the largest output where the Triton GEMV's are ~2e-6). The
+picks: those of the GPU's tuning table, which the sweep fills only where a tensor-core kernel
+beat the Triton GEMV (on the H100 the f16 kernel on the gated gate/up product, 2.18 against
+1.94 TB/s; the smaller products stay on Triton). The f16 kernel's sums are also closer to exact
+(float32 products of ~33-bit activation parts: a few 1e-7 of the largest output where the
+Triton GEMV's are ~2e-6). The
 Triton GEMV stays the path for every other case: other formats, off sm_80+, without nvcc, and
 under IMPDIFF_GEMV=triton (an A/B of the two, or a bisection of the engine's own kernels).
 """
@@ -81,7 +82,7 @@ def i8_reference(x: torch.Tensor, w) -> torch.Tensor:
     """The i8 kernel's product W x in float64: the scaled fields (d s q) times the 16-bit
     activation, the offsets (-dmin m) times x itself (the kernel adds each group's float32
     sum)."""
-    from .quant_matmul import dequantize_reference
+    from .quant_matmul import dequantize_reference  # (quant_matmul imports this module)
     full = dequantize_reference(w).double()
     offsets = full - dequantize_reference(replace(w, b=torch.zeros_like(w.b))).double()
     return (full - offsets) @ i8_activation(x).double() + offsets @ x.double()
