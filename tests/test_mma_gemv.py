@@ -145,8 +145,8 @@ def test_gemv_matches_reference_product(rows, cols, config, scale, operands):
 def test_gated_epilogue_matches_reference(act, config, operands):
     w = _q4k(2 * 1028, 2048, "cuda", seed=3)  # [gate; up], 1028 output rows: a partial block
     x = torch.randn(2048, device="cuda", generator=torch.Generator("cuda").manual_seed(4))
-    y = _expected(x, w, operands).float()
-    expected = gated_activation(act, y[None, :1028], y[None, 1028:])[0].double()
+    y = _expected(x, w, operands).float().cuda()  # (the activation kernel runs on the GPU)
+    expected = gated_activation(act, y[None, :1028], y[None, 1028:])[0].double().cpu()
     got = mma_gemv.gemv(x, w, act=act, config=mma_gemv.MmaConfig(*config, operands=operands))
     assert _rel_err(got, expected) < 2e-6
 
