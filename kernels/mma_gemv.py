@@ -10,10 +10,10 @@ It reads the planes of `quant_matmul` as they are (4-bit fields in words, u8 sca
 offsets, each super-block's fp16 d and -dmin), so prefill, the dequantiser and the reference
 are unchanged. `quant_matmul.qgemv` and `qgemv_gated` hand it the Q4_K products `choose`
 picks: those of the GPU's tuning table, which the sweep fills only where a tensor-core kernel
-beat the Triton GEMV (on the H100 the f16 kernel on the gated gate/up product, 2.18 against
-1.94 TB/s; the smaller products stay on Triton). The f16 kernel's sums are also closer to exact
-(float32 products of ~33-bit activation parts: a few 1e-7 of the largest output where the
-Triton GEMV's are ~2e-6). The
+beat the Triton GEMV (on the H100 the i8 kernel on every Q4_K product of the 8B shape: gated
+gate/up 2.67 TB/s against Triton's 2.10, Q+K+V 1.83 against 1.28). The f16 kernel's sums
+are closer to exact (float32 products of ~33-bit activation parts: a few 1e-7 of the largest
+output where the Triton GEMV's are ~2e-6). The
 Triton GEMV stays the path for every other case: other formats, off sm_80+, without nvcc, and
 under IMPDIFF_GEMV=triton (an A/B of the two, or a bisection of the engine's own kernels).
 """
@@ -128,17 +128,17 @@ def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_d
 
 
 def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
-    """This kernel's config for W x (with `act`: the gated product), or None where the Triton
+    """The tensor-core config for W x (with `act`: the gated product), or None where the Triton
     GEMV runs it: the shapes of this GPU's table (tuning/<device name>.mma.json, written by
-    benchmarks/gemv_sweep.py --kernel mma only where this kernel was faster), else, with no
-    table for the GPU, the gated gate/up product (the largest of a decode step, where it led on
-    the H100) at eight warps of two row blocks."""
+    benchmarks/gemv_sweep.py --kernel mma only where a tensor-core kernel was faster), else,
+    with no table for the GPU, the gated gate/up product (the largest of a decode step) on the
+    i8 kernel at its H100 config, four warps sharing each task two ways over K."""
     gated = act is not None
     if not supported(x, w):
         return None
     table = tuning_table(TABLE_ENV, ".mma.json")
     if not table:
-        cfg = MmaConfig(8, 2, 1) if gated else None
+        cfg = MmaConfig(4, 1, 1, 2, "i8") if gated else None
     else:
         tuned = table.get(f"q4_k{' gated' if gated else ''} {w.n} {w.k}")
         cfg = MmaConfig(*tuned) if tuned else None
