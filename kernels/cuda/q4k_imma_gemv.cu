@@ -12,7 +12,8 @@
 // The activation: per group of 32 values, x = dx * (256 hi + lo) with hi, lo signed bytes (16
 // bits; |x| / dx <= 32639 so that hi stays a byte), and the float32 sum of the group's x for
 // the offsets. Relative error of a product ~1e-5 of its largest terms, where the fp16 kernel
-// keeps float32's ~1e-7: this kernel runs a product only where the tuning table names it.
+// keeps float32's ~1e-7 (mma_gemv.choose: where the tuning table names it, and with no table
+// the gated gate/up product).
 //
 // Operands of mma.m16n8k32 (row.col): A = weights, 16 rows a warp (rows g and g + 8 of lane
 // (g, t) = (lane / 4, lane % 4)), lane t holding k-slots 4t..4t+3 (a0, a1) and 16+4t..16+4t+3
