@@ -159,12 +159,12 @@ def _builds(device: torch.device, cfg: MmaConfig, act: str | None) -> bool:
         return False
 
 
-def gemv(x: torch.Tensor, w, out: torch.Tensor | None = None, act: str | None = None,
-         config: MmaConfig | None = None) -> torch.Tensor:
-    """W x for one token, x [k] float32 -> [n] float32; with `act`, W = [gate; up] and the
-    result is act(gate) * up [n / 2]. A split K adds its partial sums in a fixed order."""
-    gated = act is not None
-    cfg = config or (MmaConfig(8, 2, 1) if gated else MmaConfig(4, 1, 1))
+def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
+         act: str | None = None) -> torch.Tensor:
+    """W x for one token with `config` (`choose`'s, or a sweep's), x [k] float32 -> [n]
+    float32; with `act`, W = [gate; up] and the result is act(gate) * up [n / 2]. A split K
+    adds its partial sums in a fixed order."""
+    gated, cfg = act is not None, config
     assert cfg.fits(w, gated), f"{cfg} does not cover {w.n} rows{' gated' if gated else ''}"
     assert cfg.takes(x), f"{cfg} needs x at a 16-byte boundary"
     per_split = -(-w.tiles // cfg.split_k)
