@@ -29,11 +29,27 @@
 // words of a super-block in one 16-byte load: word (o, h) holds positions 16h + 4t .. + 3 of
 // group 2(g / 2) + o, part g % 2; four byte permutes place one byte of it at byte g / 2 of a
 // B register.
+//
+// NORM: x is the residual stream and the product is W (rms_norm(x) * w_norm), the norm kernel
+// before the GEMV folded into the staging: a group's quantisation is per group, so staging x *
+// w_norm and multiplying each sum by 1 / rms at the end is the same product, and the sum of
+// squares comes from the values every block stages anyway (the whole of x: one split). Block 0
+// can also write rms_norm(x) * w_norm out for a GEMV of the same input that cannot norm.
+// RESIDUAL: out += W x, the residual add after the GEMV folded into its stores (each output
+// row is written by one lane: one split, no overlapping last row block).
 
 #include <cuda_fp16.h>
 #include <stdint.h>
 
 #include "q4k_gemv.cuh"
+
+#ifndef NORM
+#define NORM 0
+#endif
+#ifndef RESIDUAL
+#define RESIDUAL 0
+#endif
+static_assert(!(ACT && RESIDUAL), "the gated product adds into no residual");
 
 #define LIMIT 32639.0f  // largest |x| / dx: 256 hi + lo with hi <= 127 after lo's rounding
 
@@ -90,13 +106,16 @@ extern "C" __global__ void __launch_bounds__(WARPS * 32)
 q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
               const uint32_t* __restrict__ q, const uint8_t* __restrict__ s,
               const uint8_t* __restrict__ b, const uint32_t* __restrict__ sd, int n, int tiles,
-              int tiles_per_split, int stride_q, int stride_s, int stride_sd, float alpha) {
+              int tiles_per_split, int stride_q, int stride_s, int stride_sd, float alpha,
+              const float* __restrict__ norm_w, float eps, float* __restrict__ normed) {
   extern __shared__ uint4 smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int t_lo = blockIdx.y * tiles_per_split;
   const int nt = min(tiles, t_lo + tiles_per_split) - t_lo;
   uint4* xq = smem;                                       // [nt][32 lanes] the B words
   float4* xds = reinterpret_cast<float4*>(xq + nt * 32);  // [nt][4 pairs] dx (odd / 16), sums
+  float* red = reinterpret_cast<float*>(xds + nt * 4);    // add_k_parts' sums
+  float* squares = red + (KSPLIT > 1 ? WARPS * ROW_BLOCKS * 16 : 0);  // [WARPS] (NORM)
 
   uint64_t pol;
   asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
@@ -131,12 +150,23 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
 #endif
   // stage the activation: a warp per super-block, four lanes per group (lane: group j = lane
   // / 4, positions 8u..8u+7, u = lane % 4)
+  float square_sum = 0.0f;  // NORM: this lane's share of sum x^2
   for (int tt = warp; tt < nt; tt += WARPS) {
     const int j = lane >> 2, u = lane & 3;
-    const float4* xt = reinterpret_cast<const float4*>(x + (size_t)(t_lo + tt) * 256 + 32 * j +
-                                                       8 * u);
+    const size_t at = (size_t)(t_lo + tt) * 256 + 32 * j + 8 * u;
+    const float4* xt = reinterpret_cast<const float4*>(x + at);
     const float4 v0 = xt[0], v1 = xt[1];
-    const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+    float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
+#if NORM
+    const float4* nt4 = reinterpret_cast<const float4*>(norm_w + at);
+    const float4 n0 = nt4[0], n1 = nt4[1];
+    const float nw[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
+#pragma unroll
+    for (int i = 0; i < 8; i++) {
+      square_sum = fmaf(v[i], v[i], square_sum);
+      v[i] *= nw[i];
+    }
+#endif
     float amax = 0.0f, sum = 0.0f;
 #pragma unroll
     for (int i = 0; i < 8; i++) {
@@ -174,7 +204,30 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
       pair[2 + o] = sum;
     }
   }
+#if NORM
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) square_sum += __shfl_xor_sync(FULL, square_sum, o);
+  if (lane == 0) squares[warp] = square_sum;
+#endif
   __syncthreads();
+  float scale = alpha;  // of every sum: alpha, and with NORM 1 / rms(x)
+#if NORM
+  {
+    float total = 0.0f;  // in a fixed order: every block the same
+    for (int i = 0; i < WARPS; i++) total += squares[i];
+    const float inv_rms = 1.0f / sqrtf(total / (float)(nt * 256) + eps);
+    scale *= inv_rms;
+    if (normed != nullptr && blockIdx.x == 0) {  // as the norm kernel writes it: x / rms * w
+      for (int i = threadIdx.x; i < nt * 64; i += WARPS * 32) {
+        const float4 xv = reinterpret_cast<const float4*>(x)[i];
+        const float4 nv = reinterpret_cast<const float4*>(norm_w)[i];
+        reinterpret_cast<float4*>(normed)[i] =
+            make_float4(xv.x * inv_rms * nv.x, xv.y * inv_rms * nv.y, xv.z * inv_rms * nv.z,
+                        xv.w * inv_rms * nv.w);
+      }
+    }
+  }
+#endif
 #if PDL
   // every block is resident (one wave), so a successor's early blocks take none of its SMs
   asm volatile("griddepcontrol.launch_dependents;");
@@ -186,6 +239,13 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   for (int jj = 0; jj < 4; jj++) sel[jj] = 0x4444u ^ ((4u ^ jj) << (4 * (g >> 1)));
 
   for (; task < w.count; task += w.stride) {
+#if RESIDUAL
+  float res[ROW_BLOCKS][2];  // loaded now, added at the store: its latency hides in the loop
+#pragma unroll
+  for (int r = 0; r < ROW_BLOCKS; r++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) res[r][h] = out[row[r][h]];
+#endif
   // two super-blocks a trip, so that the ring's loads land in registers without copies
 #pragma unroll 2
   for (int tt = w.k_lo; tt < w.k_hi; tt++) {
@@ -239,15 +299,18 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
       v += __shfl_xor_sync(FULL, v, 2);
       val[r][h] = v;
     }
-  add_k_parts(reinterpret_cast<float*>(xds + nt * 4), val, w, g, t == 0);
+  add_k_parts(red, val, w, g, t == 0);
 #pragma unroll
   for (int r = 0; r < ROW_BLOCKS; r++) {
     if (first0 + r * STEP < rows_out && t == 0 && w.kpart == 0) {
 #if ACT
-      out[row[r][0]] = activate(val[r][0] * alpha) * (val[r][1] * alpha);
+      out[row[r][0]] = activate(val[r][0] * scale) * (val[r][1] * scale);
+#elif RESIDUAL
+      out[row[r][0]] = res[r][0] + val[r][0] * scale;
+      out[row[r][1]] = res[r][1] + val[r][1] * scale;
 #else
-      out[(size_t)blockIdx.y * n + row[r][0]] = val[r][0] * alpha;
-      out[(size_t)blockIdx.y * n + row[r][1]] = val[r][1] * alpha;
+      out[(size_t)blockIdx.y * n + row[r][0]] = val[r][0] * scale;
+      out[(size_t)blockIdx.y * n + row[r][1]] = val[r][1] * scale;
 #endif
     }
   }
