@@ -39,7 +39,9 @@ from .model import GLOBAL, TapFn, emit, ffn_activation, rope_angles, softcap
 from .packed import pack_gguf
 from .quants import dequantize
 
-FOLD_ENV = "IMPDIFF_FOLD_NORMS"  # "0": every norm its own kernel (an A/B, or a suspect)
+# "0": every norm its own kernel (an A/B, or a suspect); "attn" / "ffn": only the norms before
+# attention (and the output) / before the FFN folded
+FOLD_ENV = "IMPDIFF_FOLD_NORMS"
 
 
 def unsupported_reason(cfg: ModelConfig) -> str | None:
@@ -150,17 +152,18 @@ class FastTransformer:
         adds into the residual stream in its epilogue and the step runs no norm kernel there.
         A GEMV that cannot fold beside one that can (V of another format than Q and K) reads
         the normed input the first one writes. Llama-like layers only (no post-norms);
-        IMPDIFF_FOLD_NORMS=0 folds none."""
-        layers = self.layers
-        if os.environ.get(FOLD_ENV) == "0" or self.device.type != "cuda" or any(w.attn_post_norm is not None
+        IMPDIFF_FOLD_NORMS: "0" folds none, "attn" or "ffn" only those kinds."""
+        layers, which = self.layers, os.environ.get(FOLD_ENV, "1")
+        if which == "0" or self.device.type != "cuda" or any(w.attn_post_norm is not None
                                              or w.ffn_post_norm is not None for w in layers):
             return [False] * (2 * len(layers) + 1)
         probe, act = torch.empty(self.cfg.n_embd, device=self.device), self.cfg.spec.ffn_act
         folds = []
+        attn, ffn = which in ("1", "attn"), which in ("1", "ffn")
         for w in layers:
-            folds += [fuses_norm(probe, w.qkv[0]),
-                      len(w.gate_up) == 1 and fuses_norm(probe, w.gate_up[0], act)]
-        return folds + [fuses_norm(probe, self.output)]
+            folds += [attn and fuses_norm(probe, w.qkv[0]),
+                      ffn and len(w.gate_up) == 1 and fuses_norm(probe, w.gate_up[0], act)]
+        return folds + [attn and fuses_norm(probe, self.output)]
 
     @staticmethod
     def _rope_key(L) -> tuple:

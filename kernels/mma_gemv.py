@@ -124,11 +124,12 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 def build_args(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, norm: bool = False,
-               residual: bool = False) -> tuple[Path, str, dict[str, int]]:
+               residual: bool = False, min_blocks: int = 1) -> tuple[Path, str, dict[str, int]]:
     """What `cuda_driver.compile_cubin` builds for `cfg` on `device` (a sweep compiles many
     configs in parallel before it times them)."""
     major, minor = _capability(device)
-    fused = dict(NORM=int(norm), RESIDUAL=int(residual)) if norm or residual else {}
+    fused = (dict(NORM=int(norm), RESIDUAL=int(residual), MIN_BLOCKS=min_blocks)
+             if norm or residual else {})
     return SOURCES[cfg.operands], f"sm_{major}{minor}", dict(
         WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act,
         **fused)
@@ -137,7 +138,12 @@ def build_args(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, norm: 
 @functools.cache
 def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, norm: bool = False,
             residual: bool = False) -> cuda_driver.Kernel:
-    source, arch, defines = build_args(device, cfg, act, pdl, norm, residual)
+    min_blocks = 1
+    if norm or residual:
+        # as many blocks an SM as the plain kernel: the norm's staging alone would take more
+        # registers (8 warps: 80 -> 90+) and a third of the SMs' blocks (Q+K+V 6.9 -> 9.3 us)
+        min_blocks = _kernel(device, cfg, act, pdl).blocks_per_sm(32 * cfg.warps, 0)
+    source, arch, defines = build_args(device, cfg, act, pdl, norm, residual, min_blocks)
     return cuda_driver.Kernel(cuda_driver.compile_cubin(source, arch, defines), source.stem,
                               device)
 

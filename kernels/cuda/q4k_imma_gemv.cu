@@ -49,6 +49,9 @@
 #ifndef RESIDUAL
 #define RESIDUAL 0
 #endif
+#ifndef MIN_BLOCKS
+#define MIN_BLOCKS 1  // blocks an SM must hold: a NORM variant at the plain kernel's occupancy
+#endif
 static_assert(!(ACT && RESIDUAL), "the gated product adds into no residual");
 
 #define LIMIT 32639.0f  // largest |x| / dx: 256 hi + lo with hi <= 127 after lo's rounding
@@ -102,7 +105,7 @@ __device__ __forceinline__ Rows load_rows(const Base& a, int tt, uint64_t pol) {
   return r;
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
+extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
 q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
               const uint32_t* __restrict__ q, const uint8_t* __restrict__ s,
               const uint8_t* __restrict__ b, const uint32_t* __restrict__ sd, int n, int tiles,
