@@ -49,8 +49,12 @@
 #ifndef RESIDUAL
 #define RESIDUAL 0
 #endif
-#ifndef MIN_BLOCKS
-#define MIN_BLOCKS 1  // blocks an SM must hold: a NORM variant at the plain kernel's occupancy
+// MIN_BLOCKS: blocks an SM must hold (a fused variant at the plain kernel's occupancy); a bare
+// __launch_bounds__ otherwise, as a minimum of 1 lets ptxas take more registers (80 -> 128)
+#ifdef MIN_BLOCKS
+#define BOUNDS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+#else
+#define BOUNDS __launch_bounds__(WARPS * 32)
 #endif
 static_assert(!(ACT && RESIDUAL), "the gated product adds into no residual");
 
@@ -105,7 +109,7 @@ __device__ __forceinline__ Rows load_rows(const Base& a, int tt, uint64_t pol) {
   return r;
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+extern "C" __global__ void BOUNDS
 q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
               const uint32_t* __restrict__ q, const uint8_t* __restrict__ s,
               const uint8_t* __restrict__ b, const uint32_t* __restrict__ sd, int n, int tiles,
