@@ -43,8 +43,10 @@ KERNEL_ENV = "IMPDIFF_GEMV"
 TABLE_ENV = "IMPDIFF_MMA_TABLE"
 F16_1024 = 0x64006400  # fp16 1024.0 in both halves
 # a super-block's staged activation: f16, three parts' fragments + group sums + scale; i8, the
-# B words (two bytes a value) + each group's scale and sum
-SHARED_PER_TILE = {"f16": 8 * 4 * 3 * 16 + 8 * 4 + 4, "i8": 256 * 2 + 8 * 8}
+# B words (two bytes a value) + each group's scale and sum + x as it is (the norm's weights too:
+# NORM_PER_TILE)
+SHARED_PER_TILE = {"f16": 8 * 4 * 3 * 16 + 8 * 4 + 4, "i8": 256 * 2 + 8 * 8 + 256 * 4}
+NORM_PER_TILE = 256 * 4
 ROWS_PER_BLOCK = {"f16": 8, "i8": 16}  # weight rows of a row block (half as many outputs gated)
 ACT_CODES = {None: 0, "silu": 1, "gelu_tanh": 2}
 I8_LIMIT = 32639.0  # the i8 kernel's largest |x| / dx: 256 hi + lo with hi a byte
@@ -128,8 +130,9 @@ def build_args(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, norm: 
     """What `cuda_driver.compile_cubin` builds for `cfg` on `device` (a sweep compiles many
     configs in parallel before it times them)."""
     major, minor = _capability(device)
-    fused = (dict(NORM=int(norm), RESIDUAL=int(residual), MIN_BLOCKS=min_blocks)
-             if norm or residual else {})
+    fused = dict(NORM=int(norm), RESIDUAL=int(residual)) if norm or residual else {}
+    if min_blocks > 1:
+        fused["MIN_BLOCKS"] = min_blocks
     return SOURCES[cfg.operands], f"sm_{major}{minor}", dict(
         WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act,
         **fused)
@@ -212,7 +215,7 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
     shared = per_split * SHARED_PER_TILE[cfg.operands] + (
         cfg.warps * cfg.row_blocks * ROWS_PER_BLOCK[cfg.operands] * 4 if cfg.k_warps > 1 else 0)
     if norm is not None:
-        shared += cfg.warps * 4  # each warp's sum of squares
+        shared += per_split * NORM_PER_TILE + cfg.warps * 4  # + each warp's sum of squares
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
     resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(x.device)
     blocks = max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))

@@ -56,6 +56,9 @@
 #else
 #define BOUNDS __launch_bounds__(WARPS * 32)
 #endif
+#ifndef ASYNC_STAGE
+#define ASYNC_STAGE 1  // x copied into shared memory at once before the staging (0: loaded there)
+#endif
 static_assert(!(ACT && RESIDUAL), "the gated product adds into no residual");
 
 #define LIMIT 32639.0f  // largest |x| / dx: 256 hi + lo with hi <= 127 after lo's rounding
@@ -66,6 +69,15 @@ __device__ __forceinline__ void imma(int (&c)[4], uint32_t a0, uint32_t a1, uint
       "{%8,%9}, {%0,%1,%2,%3};"
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+// n4 16-byte pieces from global to shared memory, all in flight at once (one commit group)
+__device__ __forceinline__ void copy_async(float* dst, const float* src, int n4) {
+  for (int i = threadIdx.x; i < n4; i += WARPS * 32) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst + 4 * i);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(src + 4 * i) : "memory");
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
 struct Rows {  // one super-block of a lane's two rows (g, g + 8), loaded ahead of its use
@@ -121,7 +133,12 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   const int nt = min(tiles, t_lo + tiles_per_split) - t_lo;
   uint4* xq = smem;                                       // [nt][32 lanes] the B words
   float4* xds = reinterpret_cast<float4*>(xq + nt * 32);  // [nt][4 pairs] dx (odd / 16), sums
-  float* red = reinterpret_cast<float*>(xds + nt * 4);    // add_k_parts' sums
+#if ASYNC_STAGE
+  float* raw = reinterpret_cast<float*>(xds + nt * 4);  // [nt][256] x (NORM: then w_norm)
+  float* red = raw + nt * 256 * (NORM ? 2 : 1);         // add_k_parts' sums
+#else
+  float* red = reinterpret_cast<float*>(xds + nt * 4);
+#endif
   float* squares = red + (KSPLIT > 1 ? WARPS * ROW_BLOCKS * 16 : 0);  // [WARPS] (NORM)
 
   uint64_t pol;
@@ -151,21 +168,37 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
     }
   };
   if (task < w.count) start(task);  // loading while the activation is staged
+#if ASYNC_STAGE && NORM
+  copy_async(raw + nt * 256, norm_w + (size_t)t_lo * 256, nt * 64);  // a constant: before the wait
+#endif
 #if PDL
   // the weights above are constant; x is the previous kernel's output
   asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+#if ASYNC_STAGE
+  // the staging loop below took one round trip to L2 per super-block a warp stages (2 to 7 in
+  // turn); here one for all
+  copy_async(raw, x + (size_t)t_lo * 256, nt * 64);
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  __syncthreads();
 #endif
   // stage the activation: a warp per super-block, four lanes per group (lane: group j = lane
   // / 4, positions 8u..8u+7, u = lane % 4)
   float square_sum = 0.0f;  // NORM: this lane's share of sum x^2
   for (int tt = warp; tt < nt; tt += WARPS) {
     const int j = lane >> 2, u = lane & 3;
+#if ASYNC_STAGE
+    const float* xs = raw + tt * 256 + 32 * j + 8 * u;
+    const float* ns = xs + nt * 256;
+#else
     const size_t at = (size_t)(t_lo + tt) * 256 + 32 * j + 8 * u;
-    const float4* xt = reinterpret_cast<const float4*>(x + at);
+    const float *xs = x + at, *ns = norm_w + at;
+#endif
+    const float4* xt = reinterpret_cast<const float4*>(xs);
     const float4 v0 = xt[0], v1 = xt[1];
     float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
 #if NORM
-    const float4* nt4 = reinterpret_cast<const float4*>(norm_w + at);
+    const float4* nt4 = reinterpret_cast<const float4*>(ns);
     const float4 n0 = nt4[0], n1 = nt4[1];
     const float nw[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
 #pragma unroll
