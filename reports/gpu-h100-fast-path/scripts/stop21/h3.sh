@@ -2,7 +2,8 @@
 # per-super-block loads (ASYNC_STAGE=0: stop 20's staging), with the norms folded or not
 # (IMPDIFF_FOLD_NORMS = 0 / attn / 1); 8B Q4_K_M tg128, rounds interleaved, one machine. First
 # the GPU tests of every i8 path (synthetic models made beforehand: .carry/synth), last the
-# greedy tokens per mode and the profile.
+# greedy tokens per mode and the profile. On another GPU: BW (its spec bandwidth), and the H100
+# tables through IMPDIFF_MMA_TABLE / IMPDIFF_GEMV_TABLE.
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/h3_gpu.txt
 python -m impdiff.testing.shapes llama3-8b Q4_K_M /tmp/l8q4.gguf > /dev/null &
@@ -12,7 +13,7 @@ IMPDIFF_SYNTH_DIR=$PWD/.carry/synth timeout 200 python -m pytest -q -p no:cachep
 wait
 S=reports/gpu-h100-fast-path/scripts/stop21
 for round in 1 2; do for v in "0 1" "attn 1" "1 1" "0 0"; do set -- $v
-  IMPDIFF_FOLD_NORMS=$1 I8_DEFINES=ASYNC_STAGE=$2 python $S/defines.py bench -m /tmp/l8q4.gguf --device cuda --runtimes engine -p 0 -n 128 -r 3 --bandwidth 3350 2>&1 | grep -E "tg128|rror" | sed "s/^/folds=$1 async=$2 /" | tee -a $OUT/h3_bench.txt
+  IMPDIFF_FOLD_NORMS=$1 I8_DEFINES=ASYNC_STAGE=$2 python $S/defines.py bench -m /tmp/l8q4.gguf --device cuda --runtimes engine -p 0 -n 128 -r 3 --bandwidth ${BW:-3350} 2>&1 | grep -E "tg128|rror" | sed "s/^/folds=$1 async=$2 /" | tee -a $OUT/h3_bench.txt
 done; done
 for f in 0 attn 1; do
   IMPDIFF_FOLD_NORMS=$f timeout 60 python $S/../stop18/greedy.py /tmp/l8q4.gguf $OUT/h3_greedy_$f.json > /dev/null 2>&1
