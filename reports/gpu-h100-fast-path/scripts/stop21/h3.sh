@@ -2,10 +2,13 @@
 # per-super-block loads (ASYNC_STAGE=0: stop 20's staging), with the norms folded or not
 # (IMPDIFF_FOLD_NORMS = 0 / attn / 1); 8B Q4_K_M tg128, rounds interleaved, one machine. First
 # the GPU tests of every i8 path (synthetic models made beforehand: .carry/synth), last the
-# greedy tokens per mode and the profile. On another GPU: BW (its spec bandwidth), and the H100
-# tables through IMPDIFF_MMA_TABLE / IMPDIFF_GEMV_TABLE.
+# greedy tokens per mode and the profile. On an H200 the H100's tables and 4800 GB/s.
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/h3_gpu.txt
+if ! grep -q H100 $OUT/h3_gpu.txt; then  # another GPU: the H100's tables, its own bandwidth
+  export IMPDIFF_MMA_TABLE=$PWD/kernels/tuning/NVIDIA_H100_80GB_HBM3.mma.json
+  export IMPDIFF_GEMV_TABLE=$PWD/kernels/tuning/NVIDIA_H100_80GB_HBM3.json BW=4800
+fi
 python -m impdiff.testing.shapes llama3-8b Q4_K_M /tmp/l8q4.gguf > /dev/null &
 IMPDIFF_SYNTH_DIR=$PWD/.carry/synth timeout 200 python -m pytest -q -p no:cacheprovider \
   tests/test_mma_gemv.py tests/test_kernels.py -k "i8 or fold or one_split or dispatch or greedy or dependent or fast_model" \
