@@ -8,9 +8,6 @@ Same model, same tap names, different execution:
 * norms are fused with the residual add around them, the gated activation is the epilogue of the
   gate/up GEMV, RoPE writes K straight into a static fp16 KV cache, attention is one flash
   kernel whose key range comes from device-side positions;
-* in a one-token step of a llama-like model, a norm whose GEMVs can fold it in (`fuses_norm`:
-  the i8 tensor-core GEMV) runs in them, and the product before it adds into the residual
-  stream in its epilogue: no norm kernel there (`FastTransformer.folds`);
 * greedy decode is a CUDA graph captured once and replayed per token: the next token is picked
   on the GPU and fed back without the host (`FastSession.generate_greedy`).
 
@@ -22,7 +19,6 @@ layer); the rest run on the reference `Transformer`.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
@@ -30,19 +26,13 @@ import torch
 from ..kernels.activation import gated_activation
 from ..kernels.attention import attention, decode_splits
 from ..kernels.norm_rope import residual_norm, rope, rope_qkv
-from ..kernels.quant_matmul import (InputNorm, PackedWeight, concat_rows, fuses_norm, qgemv,
-                                     qgemv_gated, qmatmul)
+from ..kernels.quant_matmul import PackedWeight, concat_rows, qgemv, qgemv_gated, qmatmul
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_file import GGUFFile
 from .model import GLOBAL, TapFn, emit, ffn_activation, rope_angles, softcap
 from .packed import pack_gguf
 from .quants import dequantize
-
-# "0": every norm its own kernel (an A/B, or a suspect); "attn" / "ffn": only the norms before
-# attention (and the output) / before the FFN folded
-FOLD_ENV = "IMPDIFF_FOLD_NORMS"
-
 
 def unsupported_reason(cfg: ModelConfig) -> str | None:
     spec = cfg.spec
@@ -65,19 +55,6 @@ class FastLayer:
     k_norm: torch.Tensor | None = None
     attn_post_norm: torch.Tensor | None = None
     ffn_post_norm: torch.Tensor | None = None
-
-
-@dataclass
-class Prenormed:
-    """The residual stream x [1, n] whose RMS norm (times `weight`) the GEMVs reading it fold
-    into their products."""
-
-    x: torch.Tensor
-    weight: torch.Tensor
-    eps: float
-
-    def norm(self, normed: torch.Tensor | None = None) -> InputNorm:
-        return InputNorm(self.weight, self.eps, normed)
 
 
 def _fuse(weights: list[PackedWeight]) -> list[PackedWeight]:
@@ -144,26 +121,6 @@ class FastTransformer:
         # (the merge of the splits costs more than it saves on a short cache)
         self.splits = {L.n_head_kv: min(decode_splits(L.n_head_kv, device), max(1, max_ctx // 1024))
                        for L in cfg.layers}
-        self.folds = self._fold_plan()
-
-    def _fold_plan(self) -> list[bool]:
-        """Per norm of a one-token step (2i: layer i's attn_norm, 2i + 1: its ffn_norm, last:
-        the output norm), whether the GEMVs reading it fold it in: then the product before it
-        adds into the residual stream in its epilogue and the step runs no norm kernel there.
-        A GEMV that cannot fold beside one that can (V of another format than Q and K) reads
-        the normed input the first one writes. Llama-like layers only (no post-norms);
-        IMPDIFF_FOLD_NORMS: "0" folds none, "attn" or "ffn" only those kinds."""
-        layers, which = self.layers, os.environ.get(FOLD_ENV, "1")
-        if which == "0" or self.device.type != "cuda" or any(w.attn_post_norm is not None
-                                             or w.ffn_post_norm is not None for w in layers):
-            return [False] * (2 * len(layers) + 1)
-        probe, act = torch.empty(self.cfg.n_embd, device=self.device), self.cfg.spec.ffn_act
-        folds = []
-        attn, ffn = which in ("1", "attn"), which in ("1", "ffn")
-        for w in layers:
-            folds += [attn and fuses_norm(probe, w.qkv[0]),
-                      ffn and len(w.gate_up) == 1 and fuses_norm(probe, w.gate_up[0], act)]
-        return folds + [attn and fuses_norm(probe, self.output)]
 
     @staticmethod
     def _rope_key(L) -> tuple:
@@ -182,42 +139,32 @@ class FastTransformer:
         x = emit(tap, "inp_embd", GLOBAL, self.tok_embd[tokens])
         if cfg.spec.embed_scale:
             x = emit(tap, "inp_scaled", GLOBAL, x * math.sqrt(cfg.n_embd))
-        # which norms the GEMVs fold in (`folds`): one-token steps without a tap
-        folds = self.folds if tap is None and tokens.shape[0] == 1 else [False] * len(self.folds)
-        attn_norm = self.layers[0].attn_norm
-        h = (Prenormed(x, attn_norm, cfg.rms_eps) if folds[0] else
-             emit(tap, "attn_norm", 0, residual_norm(x, attn_norm, cfg.rms_eps)[1]))
+        _, h = residual_norm(x, self.layers[0].attn_norm, cfg.rms_eps)
+        h = emit(tap, "attn_norm", 0, h)
         for i, w in enumerate(self.layers):
             a = self.attention(i, h, positions, tap)
-            x, h = self.residual(x, a, w.wo, w.attn_post_norm, w.ffn_norm, folds[2 * i + 1],
-                                 tap, (("attn_out", i), ("attn_post_norm", i), ("ffn_inp", i),
-                                       ("ffn_norm", i)))
-            a = self.mlp(i, h, tap)
+            a = emit(tap, "attn_out", i, qmatmul(a, w.wo))
+            x, h = self.residual(x, a, w.attn_post_norm, w.ffn_norm, tap,
+                                 (("attn_post_norm", i), ("ffn_inp", i), ("ffn_norm", i)))
+            f = self.mlp(i, h, tap)
             last = i == cfg.n_layer - 1
             norm = self.output_norm if last else self.layers[i + 1].attn_norm
-            x, h = self.residual(x, a, w.down, w.ffn_post_norm, norm, folds[2 * i + 2], tap,
-                                 (("ffn_out", i), ("ffn_post_norm", i), ("l_out", i),
+            x, h = self.residual(x, f, w.ffn_post_norm, norm, tap,
+                                 (("ffn_post_norm", i), ("l_out", i),
                                   ("result_norm", GLOBAL) if last else ("attn_norm", i + 1)))
-        if last_only and not isinstance(h, Prenormed):
+        if last_only:
             h = h[-1:]
-        logits = _project(h, [self.output])
+        logits = qmatmul(h, self.output)
         if cfg.final_logit_softcap:
             logits = softcap(logits, cfg.final_logit_softcap)
         return emit(tap, "result_output", GLOBAL, logits)
 
-    def residual(self, x, a, weight, post_norm, norm, fold, tap, names):
-        """x + post_norm(a W^T), the residual stream after a block, and its norm, the next
-        block's input. Folded (`folds`): the product adds into x in its epilogue and the norm is
-        left to the GEMVs that read it (a `Prenormed`); else the product, then one kernel for
-        the rest or steps that each show a tap."""
+    def residual(self, x, h, post_norm, norm, tap, names):
+        """x + post_norm(h), and its norm: one kernel, or three steps that each show a tap."""
         eps = self.cfg.rms_eps
-        if fold:
-            qgemv(a.reshape(-1), weight, out=x.view(-1), accumulate=True)
-            return x, Prenormed(x, norm, eps)
-        (out_name, o), (post_name, i), (sum_name, j), (norm_name, k) = names
-        h = emit(tap, out_name, o, qmatmul(a, weight))
         if tap is None:
             return residual_norm(x, norm, eps, h, post_norm)
+        (post_name, i), (sum_name, j), (norm_name, k) = names
         if post_norm is not None:
             h = emit(tap, post_name, i, residual_norm(h, post_norm, eps)[1])
         x = emit(tap, sum_name, j, x + h)
@@ -226,7 +173,7 @@ class FastTransformer:
     def attention(self, i: int, h: torch.Tensor, positions: torch.Tensor,
                   tap: TapFn | None) -> torch.Tensor:
         cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
-        T, d = positions.shape[0], L.head_dim
+        T, d = h.shape[0], L.head_dim
         cos, sin = self.rope_tables[self._rope_key(L)]
         neox = cfg.spec.rope_neox
         qkv = _project(h, w.qkv).view(T, L.n_head + 2 * L.n_head_kv, d)
@@ -250,36 +197,29 @@ class FastTransformer:
                                              cfg.attn_scale, window, 0.0, splits))
         return emit(tap, "kqv_out", i, out.reshape(T, L.n_head * d))
 
-    def mlp(self, i: int, h: torch.Tensor | Prenormed, tap: TapFn | None) -> torch.Tensor:
-        """The gated activation, the input of the down projection."""
+    def mlp(self, i: int, h: torch.Tensor, tap: TapFn | None) -> torch.Tensor:
         w, act = self.layers[i], self.cfg.spec.ffn_act
-        if isinstance(h, Prenormed):  # (one gate/up weight the gated GEMV folds the norm into)
-            return qgemv_gated(h.x.view(-1), w.gate_up[0], act, norm=h.norm())[None]
         if tap is None and h.shape[0] == 1 and len(w.gate_up) == 1:
-            return qgemv_gated(h[0], w.gate_up[0], act)[None]  # the activation in its epilogue
+            a = qgemv_gated(h[0], w.gate_up[0], act)[None]  # the activation in its epilogue
+            return qmatmul(a, w.down)
         gate, up = _project(h, w.gate_up).chunk(2, dim=-1)
         if tap is None:
-            return gated_activation(act, gate, up)
+            return qmatmul(gated_activation(act, gate, up), w.down)
         gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
-        return emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+        a = emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+        return emit(tap, "ffn_out", i, qmatmul(a, w.down))
 
 
-def _project(h: torch.Tensor | Prenormed, weights: list[PackedWeight]) -> torch.Tensor:
-    """h times each weight, outputs side by side (one token: written in place, no concat). A
-    `Prenormed` h: the first GEMV folds the norm in and writes the normed input for the rest."""
-    prenormed = isinstance(h, Prenormed)
-    if len(weights) == 1 and not prenormed:
+def _project(h: torch.Tensor, weights: list[PackedWeight]) -> torch.Tensor:
+    """h times each weight, outputs side by side (one token: written in place, no concat)."""
+    if len(weights) == 1:
         return qmatmul(h, weights[0])
-    if not prenormed and h.shape[0] > 1:
+    if h.shape[0] > 1:
         return torch.cat([qmatmul(h, w) for w in weights], dim=-1)
-    x = h.x.view(-1) if prenormed else h.reshape(-1)
-    norm = h.norm(torch.empty_like(x) if len(weights) > 1 else None) if prenormed else None
-    out = torch.empty(1, sum(w.n for w in weights), device=x.device, dtype=torch.float32)
-    lo = 0
+    out = torch.empty(1, sum(w.n for w in weights), device=h.device, dtype=torch.float32)
+    x, lo = h.reshape(-1), 0
     for w in weights:
-        qgemv(x, w, out=out[0, lo:lo + w.n], norm=norm)
-        if norm is not None:  # the others read what the first one normed
-            x, norm = norm.normed, None
+        qgemv(x, w, out=out[0, lo:lo + w.n])
         lo += w.n
     return out
 

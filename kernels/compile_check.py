@@ -60,14 +60,12 @@ def check() -> list[str]:
         # variant as a programmatic dependent launch (kernels/launch.py)
         for bn, lanes, warps, even, act in ((1, 2, 1, False, 0), (4, 4, 1, True, 0),
                                             (4, 4, 2, False, 1), (8, 2, 1, True, 2)):
-            # (the unmasked plain product adding into its output: the residual add)
             attempt(f"qgemv {name} {bn}/{lanes}/{warps}{' even' if even else ''}"
-                    f"{' accumulate' if even and not act else ''}"
                     f"{f' gated {act}' if act else ''}", q._qgemv_kernel,
                     ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32", "i32"]
                     + ["i32"] * 4,
                     dict(fa, BLOCK_N=bn, NT=32 * warps // lanes, L=lanes, EVEN=even, ACT=act,
-                         PDL=act == 1, ACCUMULATE=even and not act),
+                         PDL=act == 1),
                     num_warps=warps)
         attempt(f"dequant {name}", q._dequant_kernel,
                 ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 4,

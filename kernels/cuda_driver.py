@@ -148,7 +148,6 @@ class Kernel:
         lib = _libcuda()
         self._allow_shared(shared)
         values = [ctypes.c_void_p(a.data_ptr()) if isinstance(a, torch.Tensor)
-                  else ctypes.c_void_p(None) if a is None  # a null pointer
                   else ctypes.c_float(a) if isinstance(a, float) else ctypes.c_int(a)
                   for a in args]
         params = (ctypes.c_void_p * len(values))(*(ctypes.addressof(v) for v in values))

@@ -16,11 +16,6 @@ are closer to exact (float32 products of ~33-bit activation parts: a few 1e-7 of
 output where the Triton GEMV's are ~2e-6). The
 Triton GEMV stays the path for every other case: other formats, off sm_80+, without nvcc, and
 under IMPDIFF_GEMV=triton (an A/B of the two, or a bisection of the engine's own kernels).
-
-The i8 kernel also takes the step's RMS norms and residual adds off their own kernels (`norm`:
-W (rms_norm(x) * w) from the residual stream x; `accumulate`: out += W x), one split only
-(`fuses`): a one-token step of a llama-like model then runs no norm kernel where its GEMVs are
-all i8 (engine/fast.py).
 """
 
 from __future__ import annotations
@@ -43,10 +38,8 @@ KERNEL_ENV = "IMPDIFF_GEMV"
 TABLE_ENV = "IMPDIFF_MMA_TABLE"
 F16_1024 = 0x64006400  # fp16 1024.0 in both halves
 # a super-block's staged activation: f16, three parts' fragments + group sums + scale; i8, the
-# B words (two bytes a value) + each group's scale and sum + x as it is (the norm's weights too:
-# NORM_PER_TILE)
+# B words (two bytes a value) + each group's scale and sum + x as it is (copied in first)
 SHARED_PER_TILE = {"f16": 8 * 4 * 3 * 16 + 8 * 4 + 4, "i8": 256 * 2 + 8 * 8 + 256 * 4}
-NORM_PER_TILE = 256 * 4
 ROWS_PER_BLOCK = {"f16": 8, "i8": 16}  # weight rows of a row block (half as many outputs gated)
 ACT_CODES = {None: 0, "silu": 1, "gelu_tanh": 2}
 I8_LIMIT = 32639.0  # the i8 kernel's largest |x| / dx: 256 hi + lo with hi a byte
@@ -72,13 +65,6 @@ class MmaConfig:
     def takes(self, x: torch.Tensor) -> bool:
         """The i8 kernel stages the activation in 16-byte loads."""
         return self.operands != "i8" or x.data_ptr() % 16 == 0
-
-    def fuses(self, w, accumulate: bool = False) -> bool:
-        """Whether the kernel folds an input norm (and, `accumulate`, a residual add) into `w`'s
-        product: the i8 kernel over one split, whose blocks each stage the whole input; a
-        residual row must be written once (no overlapping last row block)."""
-        return (self.operands == "i8" and self.split_k == 1
-                and (not accumulate or w.n % ROWS_PER_BLOCK["i8"] == 0))
 
 
 def i8_activation(x: torch.Tensor) -> torch.Tensor:
@@ -125,28 +111,18 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def build_args(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, norm: bool = False,
-               residual: bool = False, min_blocks: int = 1) -> tuple[Path, str, dict[str, int]]:
+def build_args(device: torch.device, cfg: MmaConfig, act: int,
+               pdl: bool) -> tuple[Path, str, dict[str, int]]:
     """What `cuda_driver.compile_cubin` builds for `cfg` on `device` (a sweep compiles many
     configs in parallel before it times them)."""
     major, minor = _capability(device)
-    fused = dict(NORM=int(norm), RESIDUAL=int(residual)) if norm or residual else {}
-    if min_blocks > 1:
-        fused["MIN_BLOCKS"] = min_blocks
     return SOURCES[cfg.operands], f"sm_{major}{minor}", dict(
-        WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act,
-        **fused)
+        WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act)
 
 
 @functools.cache
-def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, norm: bool = False,
-            residual: bool = False) -> cuda_driver.Kernel:
-    min_blocks = 1
-    if norm or residual:
-        # as many blocks an SM as the plain kernel: the norm's staging alone would take more
-        # registers (8 warps: 80 -> 90+) and a third of the SMs' blocks (Q+K+V 6.9 -> 9.3 us)
-        min_blocks = _kernel(device, cfg, act, pdl).blocks_per_sm(32 * cfg.warps, 0)
-    source, arch, defines = build_args(device, cfg, act, pdl, norm, residual, min_blocks)
+def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_driver.Kernel:
+    source, arch, defines = build_args(device, cfg, act, pdl)
     return cuda_driver.Kernel(cuda_driver.compile_cubin(source, arch, defines), source.stem,
                               device)
 
@@ -184,22 +160,13 @@ def _builds(device: torch.device, cfg: MmaConfig, act: str | None) -> bool:
 
 
 def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
-         act: str | None = None, norm=None, accumulate: bool = False) -> torch.Tensor:
+         act: str | None = None) -> torch.Tensor:
     """W x for one token with `config` (`choose`'s, or a sweep's), x [k] float32 -> [n]
     float32; with `act`, W = [gate; up] and the result is act(gate) * up [n / 2]. A split K
-    adds its partial sums in a fixed order.
-
-    `norm` (a `quant_matmul.InputNorm`, configs that `fuses`): W (rms_norm(x) * norm.weight),
-    and rms_norm(x) * norm.weight also written to `norm.normed` if given. `accumulate`: out +=
-    W x, in place."""
+    adds its partial sums in a fixed order."""
     gated, cfg = act is not None, config
     assert cfg.fits(w, gated), f"{cfg} does not cover {w.n} rows{' gated' if gated else ''}"
     assert cfg.takes(x), f"{cfg} needs x at a 16-byte boundary"
-    assert norm is None or (cfg.fuses(w) and norm.weight.shape == (w.k,)
-                            and norm.weight.dtype == torch.float32), \
-        f"{cfg} folds no norm into its product"
-    assert not accumulate or (out is not None and not gated and cfg.fuses(w, True)), \
-        f"{cfg} adds into no residual of {w.n} rows"
     per_split = -(-w.tiles // cfg.split_k)
     splits = -(-w.tiles // per_split)
     rows_out = w.n // 2 if gated else w.n
@@ -211,11 +178,9 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
     else:
         partial = out.view(1, rows_out)
     pdl = pdl_enabled(x.device)
-    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl, norm is not None, accumulate)
+    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl)
     shared = per_split * SHARED_PER_TILE[cfg.operands] + (
         cfg.warps * cfg.row_blocks * ROWS_PER_BLOCK[cfg.operands] * 4 if cfg.k_warps > 1 else 0)
-    if norm is not None:
-        shared += per_split * NORM_PER_TILE + cfg.warps * 4  # + each warp's sum of squares
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
     resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(x.device)
     blocks = max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))
@@ -224,9 +189,7 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
            x, partial, w.q, w.s, w.b, w.sd, w.n, w.tiles, per_split,
            *((w.q.stride(0), w.s.stride(0), w.b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
               F16_1024) if cfg.operands == "f16" else
-             (w.q.stride(0), w.s.stride(0), w.sd.stride(0) // 2, float(w.alpha),
-              *((norm.weight, float(norm.eps), norm.normed) if norm is not None
-                else (None, 0.0, None)))), pdl=pdl)
+             (w.q.stride(0), w.s.stride(0), w.sd.stride(0) // 2, float(w.alpha))), pdl=pdl)
     if splits == 1:
         return partial.view(rows_out)
     return torch.sum(partial, dim=0, out=out)

@@ -38,10 +38,9 @@ import triton.language as tl
 from . import mma_gemv
 from .activation import ACTIVATIONS, activate, gated_activation
 from .launch import pdl_options, release_dependents, sm_count, tuning_table, wait_inputs
-from .norm_rope import residual_norm
 
-__all__ = ["QuantFormat", "PackedWeight", "FORMATS", "InputNorm", "qgemv", "qgemv_gated",
-           "fuses_norm", "dequantize", "qmatmul", "dequantize_reference"]
+__all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated", "dequantize",
+           "qmatmul", "dequantize_reference"]
 
 
 @dataclass(frozen=True)
@@ -248,12 +247,11 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
                   G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
                   CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
                   BLOCK_N: tl.constexpr, NT: tl.constexpr, L: tl.constexpr, EVEN: tl.constexpr,
-                  ACT: tl.constexpr, PDL: tl.constexpr = False, ACCUMULATE: tl.constexpr = False):
+                  ACT: tl.constexpr, PDL: tl.constexpr = False):
     """out[split, n] = alpha * sum_k W[n, k] x[k] over this program's rows and share of tiles.
 
     ACT > 0 (one split), the gated epilogue that replaces an activation kernel: W is [gate; up],
     a program takes BLOCK_N / 2 rows of each half and writes activate(gate, ACT) * up ([N / 2]).
-    ACCUMULATE (one split, no ACT): out += the product, the residual add in the epilogue.
 
     Tiles are [L lanes, NT tiles, Q quarters, BLOCK_N rows, 4 words]: lanes and tiles across a
     warp's threads, the rest in each thread's registers. Dims are ordered so the compiler's
@@ -289,8 +287,6 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     # early: the next kernel's launch and prologue overlap this grid's last programs (8B
     # Q4_K_M decode 346.7 -> 349.4 t/s against a release before the stores)
     release_dependents(PDL)
-    if ACCUMULATE:  # loaded before the loop, whose time hides its latency
-        residual = tl.load(out_ptr + rows, mask=row_ok)
     other = None if EVEN else 0
     acc = tl.zeros((L, NT, 1, BLOCK_N, 1), tl.float32)
     for t0 in range(t_lo, t_hi, NT):
@@ -335,9 +331,7 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
         acc += s_acc
     total = tl.sum(tl.sum(tl.sum(tl.sum(acc, axis=4), axis=2), axis=1), axis=0) * (UNIT_MIN
                                                                                   * alpha)
-    if ACCUMULATE:
-        tl.store(out_ptr + rows, residual + total, mask=row_ok)
-    elif ACT == 0:
+    if ACT == 0:
         tl.store(out_ptr + tl.program_id(1) * N + rows, total, mask=row_ok)
     else:
         gate, up = tl.split(tl.permute(tl.reshape(total, (2, HALF)), (1, 0)))
@@ -437,12 +431,12 @@ TUNING_ENV = "IMPDIFF_GEMV_TABLE"
 
 
 def _launch_gemv(x, w: PackedWeight, cfg: GemvConfig, out, programs: int, per_split: int,
-                 splits: int, even: bool, act: int = 0, accumulate: bool = False):
+                 splits: int, even: bool, act: int = 0):
     planes, strides = _plane_args(w)
     _qgemv_kernel[(programs, splits)](
         x, out, *planes, w.n, w.k, w.tiles, per_split, w.alpha, ONE_BITS, *strides,
         **_fmt_args(w.fmt), BLOCK_N=cfg.block_n, NT=cfg.tiles, L=cfg.lanes, EVEN=even, ACT=act,
-        ACCUMULATE=accumulate, num_warps=cfg.num_warps, **pdl_options(x.device))
+        num_warps=cfg.num_warps, **pdl_options(x.device))
 
 
 def _config(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None) -> GemvConfig:
@@ -455,75 +449,40 @@ def _even(w: PackedWeight, cfg: GemvConfig, rows: int, block: int) -> bool:
     return rows % block == 0 and w.tiles % cfg.tiles == 0 and w.k == w.tiles * w.fmt.tile
 
 
-@dataclass(frozen=True)
-class InputNorm:
-    """An RMS norm of a GEMV's input: the product is W (rms_norm(x) * weight). The i8
-    tensor-core GEMV folds it into its staging (`fuses_norm`); elsewhere the norm kernel runs
-    first. `normed`, if given, receives rms_norm(x) * weight too: the input of another GEMV of
-    the same x that cannot norm (V of another format than Q and K)."""
-
-    weight: torch.Tensor
-    eps: float
-    normed: torch.Tensor | None = None
-
-    def apply(self, x: torch.Tensor) -> torch.Tensor:
-        y = residual_norm(x, self.weight, self.eps)[1]
-        return y if self.normed is None else self.normed.copy_(y)
-
-
-def fuses_norm(x: torch.Tensor, w: PackedWeight, act: str | None = None) -> bool:
-    """Whether W x (gated with `act`) runs on a kernel that folds an `InputNorm` in."""
-    mma = mma_gemv.choose(x, w, act) if w.fmt.qbits != 32 else None
-    return bool(mma and mma.fuses(w))
-
-
 def qgemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None = None,
-          out: torch.Tensor | None = None, norm: InputNorm | None = None,
-          accumulate: bool = False) -> torch.Tensor:
-    """W x for one token: x [k] float32 -> [n] float32. With `norm`: W (rms_norm(x) * weight)
-    (`InputNorm`); `accumulate`: out += W x in place, the residual add in the epilogue where the
-    kernel has one.
+          out: torch.Tensor | None = None) -> torch.Tensor:
+    """W x for one token: x [k] float32 -> [n] float32.
 
     Deterministic: a split K writes partial sums that are added in a fixed order.
     """
-    assert not accumulate or out is not None, "accumulate adds into `out`"
-    mma = mma_gemv.choose(x, w) if config is None and w.fmt.qbits != 32 else None
-    if norm is not None and not (mma and mma.fuses(w)):
-        x, norm = norm.apply(x), None
     if w.fmt.qbits == 32:
-        return out.addmv_(w.q, x) if accumulate else torch.mv(w.q, x, out=out)
+        return torch.mv(w.q, x, out=out)
+    mma = mma_gemv.choose(x, w) if config is None else None
     if mma:
-        if accumulate and not mma.fuses(w, True):
-            return out.add_(mma_gemv.gemv(x, w, config=mma, norm=norm))
-        return mma_gemv.gemv(x, w, out=out, config=mma, norm=norm, accumulate=accumulate)
+        return mma_gemv.gemv(x, w, out=out, config=mma)
     cfg = _config(x, w, config)
     per_split = triton.cdiv(triton.cdiv(w.tiles, cfg.split_k), cfg.tiles) * cfg.tiles
     splits = triton.cdiv(w.tiles, per_split)
     partial = torch.empty((splits, w.n), device=x.device, dtype=torch.float32) \
         if splits > 1 or out is None else out.view(1, w.n)
     _launch_gemv(x, w, cfg, partial, triton.cdiv(w.n, cfg.block_n), per_split, splits,
-                 _even(w, cfg, w.n, cfg.block_n), accumulate=accumulate and splits == 1)
+                 _even(w, cfg, w.n, cfg.block_n))
     if splits == 1:
         return partial.view(w.n)
-    if accumulate:
-        return out.add_(torch.sum(partial, dim=0))
     return torch.sum(partial, dim=0, out=out)
 
 
-def qgemv_gated(x: torch.Tensor, w: PackedWeight, act: str, config: GemvConfig | None = None,
-                norm: InputNorm | None = None) -> torch.Tensor:
+def qgemv_gated(x: torch.Tensor, w: PackedWeight, act: str,
+                config: GemvConfig | None = None) -> torch.Tensor:
     """act(gate) * up for one token from the fused weight [gate; up]: x [k] -> [n / 2], the
-    activation in the GEMV's epilogue (one split; rows in pairs, one of each half); `norm` as
-    in `qgemv`."""
+    activation in the GEMV's epilogue (one split; rows in pairs, one of each half)."""
     half = w.n // 2
-    mma = mma_gemv.choose(x, w, act) if config is None and w.fmt.qbits != 32 else None
-    if norm is not None and not (mma and mma.fuses(w)):
-        x, norm = norm.apply(x), None
     if w.fmt.qbits == 32:
         y = qgemv(x, w)
         return gated_activation(act, y[None, :half], y[None, half:])[0]
+    mma = mma_gemv.choose(x, w, act) if config is None else None
     if mma:
-        return mma_gemv.gemv(x, w, act=act, config=mma, norm=norm)
+        return mma_gemv.gemv(x, w, act=act, config=mma)
     cfg = _config(x, w, config)
     cfg = replace(cfg, split_k=1, block_n=max(cfg.block_n, 2))
     out = torch.empty(half, device=x.device, dtype=torch.float32)

