@@ -22,9 +22,9 @@ requires_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-pyt
 
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory):
-    """$IMPDIFF_SYNTH_DIR if set: models made beforehand and reused (a GPU machine without
+    """$IMPDIFF_SYNTHETIC_DIR if set: models made beforehand and reused (a GPU machine without
     llama.cpp's quantiser), else a fresh directory."""
-    return os.environ.get("IMPDIFF_SYNTH_DIR") or tmp_path_factory.mktemp("synthetic")
+    return os.environ.get("IMPDIFF_SYNTHETIC_DIR") or tmp_path_factory.mktemp("synthetic")
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ if ! grep -q H100 $OUT/h3_gpu.txt; then  # another GPU: the H100's tables, its o
   export IMPDIFF_GEMV_TABLE=$PWD/kernels/tuning/NVIDIA_H100_80GB_HBM3.json BW=4800
 fi
 python -m impdiff.testing.shapes llama3-8b Q4_K_M /tmp/l8q4.gguf > /dev/null &
-IMPDIFF_SYNTH_DIR=$PWD/.carry/synth timeout 200 python -m pytest -q -p no:cacheprovider \
+IMPDIFF_SYNTHETIC_DIR=$PWD/.carry/synth timeout 200 python -m pytest -q -p no:cacheprovider \
   tests/test_mma_gemv.py tests/test_kernels.py -k "i8 or fold or one_split or dispatch or greedy or dependent or fast_model" \
   --tb=short 2>&1 | tail -15 | tee $OUT/h3_tests.txt
 wait
