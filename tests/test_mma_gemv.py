@@ -172,8 +172,8 @@ def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
     assert mma_gemv.choose(x, down) == mma_gemv.MmaConfig(4, 1, 1, 2, "i8")
     unaligned = torch.randn(1025, device="cuda")[1:]  # the i8 kernel stages x in 16-byte loads
     assert mma_gemv.choose(unaligned, down) is None
-    # (an unseeded x once gave 2.5e-6: float32 sums of 4 k-warps' parts, not the layout, whose
-    # errors are of order 1)
+    # (an unseeded x once gave 2.5e-6, float32 rounding of the sums; a layout error is of
+    # order 1)
     assert _rel_err(qgemv(x, down), _expected(x, down, "i8")) < 4e-6
     eager = qgemv_gated(x, w, "silu")
     graph = torch.cuda.CUDAGraph()
