@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -24,7 +25,8 @@ requires_llama_cpp = pytest.mark.skipif(not HAS_LLAMA_CPP, reason="llama-cpp-pyt
 def synth_dir(tmp_path_factory):
     """$IMPDIFF_SYNTHETIC_DIR if set: models made beforehand and reused (a GPU machine without
     llama.cpp's quantiser), else a fresh directory."""
-    return os.environ.get("IMPDIFF_SYNTHETIC_DIR") or tmp_path_factory.mktemp("synthetic")
+    made = os.environ.get("IMPDIFF_SYNTHETIC_DIR")
+    return Path(made) if made else tmp_path_factory.mktemp("synthetic")
 
 
 @pytest.fixture(scope="session")
