@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
-from ..kernels.quant_matmul import FORMATS, SUPER_BLOCK, PackedWeight, QuantFormat
+from ..kernels.quant_matmul import FORMATS, SUPER_BLOCK, PackedWeight, QuantFormat, high_shifts
 from .errors import ModelLoadError
 from .quants import (_as_bytes, _bits_le, _fields, _k_nibbles, _k_scale_min, _nibbles,
                      _unpack, type_name)
@@ -28,6 +28,18 @@ def word_plane(q: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
     padded[:, :q.shape[1]] = q.to(torch.int64)
     shifts = torch.arange(P, device=q.device, dtype=torch.int64).view(1, 1, P, 1) * fmt.qbits
     words = (padded.view(n, tiles, P, G) << shifts).sum(dim=2).view(n, tiles * G)
+    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+
+
+def high_plane(high: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
+    """Each value's bits above fmt.qbits [n, k] -> the int32 plane h [n, T / 2 * G] (its layout:
+    quant_matmul's docstring)."""
+    n, P, G = high.shape[0], fmt.fields, fmt.group
+    pairs = -(-high.shape[1] // (2 * fmt.tile))
+    padded = torch.zeros(n, pairs * 2 * fmt.tile, dtype=torch.int64, device=high.device)
+    padded[:, :high.shape[1]] = high.to(torch.int64)
+    shifts = high_shifts(fmt, high.device).view(1, 1, 2, P, 1)
+    words = (padded.view(n, pairs, 2, P, G) << shifts).sum(dim=(2, 3)).view(n, pairs * G)
     return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
 
 
@@ -54,10 +66,13 @@ def _f16(field: torch.Tensor, rows: int) -> torch.Tensor:
 def _packed(name: str, n: int, k: int, q: torch.Tensor, s=None, b=None, d=None, neg_dmin=None,
             alpha: float = 1.0) -> PackedWeight:
     fmt = FORMATS[name]
-    return PackedWeight(fmt, n, k, word_plane(q.reshape(n, k), fmt),
+    q = q.reshape(n, k)
+    low = q & ((1 << fmt.qbits) - 1) if fmt.hbits else q
+    return PackedWeight(fmt, n, k, word_plane(low, fmt),
                         s=None if s is None else group_plane(s.reshape(n, -1), fmt, k),
                         b=None if b is None else group_plane(b.reshape(n, -1), fmt, k),
                         sd=None if d is None else tile_multipliers(d, neg_dmin, fmt),
+                        h=high_plane(q >> fmt.qbits, fmt) if fmt.hbits else None,
                         alpha=alpha)
 
 

@@ -18,16 +18,16 @@ from triton.compiler import ASTSource
 
 from . import activation, attention, norm_rope, quant_matmul, stats
 
-PLANE_TYPES = {  # format -> pointer types of q, s, b, sd
-    "q8_0": ("*i32", "*fp16", "*i32", "*i32"),
-    "q4_0": ("*i32", "*fp16", "*i32", "*i32"),
-    "q4_1": ("*i32", "*fp16", "*fp16", "*i32"),
-    "q5_0": ("*i32", "*fp16", "*i32", "*i32"),
-    "q5_1": ("*i32", "*fp16", "*fp16", "*i32"),
-    "q4_k": ("*i32", "*u8", "*u8", "*fp16"),
-    "q5_k": ("*i32", "*u8", "*u8", "*fp16"),
-    "q6_k": ("*i32", "*i8", "*i32", "*fp16"),
-    "nvfp4": ("*i32", "*fp16", "*i32", "*i32"),
+PLANE_TYPES = {  # format -> pointer types of q, s, b, sd, h
+    "q8_0": ("*i32", "*fp16", "*i32", "*i32", "*i32"),
+    "q4_0": ("*i32", "*fp16", "*i32", "*i32", "*i32"),
+    "q4_1": ("*i32", "*fp16", "*fp16", "*i32", "*i32"),
+    "q5_0": ("*i32", "*fp16", "*i32", "*i32", "*i32"),
+    "q5_1": ("*i32", "*fp16", "*fp16", "*i32", "*i32"),
+    "q4_k": ("*i32", "*u8", "*u8", "*fp16", "*i32"),
+    "q5_k": ("*i32", "*u8", "*u8", "*fp16", "*i32"),
+    "q6_k": ("*i32", "*i8", "*i32", "*fp16", "*i32"),
+    "nvfp4": ("*i32", "*fp16", "*i32", "*i32", "*i32"),
 }
 
 
@@ -63,12 +63,12 @@ def check() -> list[str]:
             attempt(f"qgemv {name} {bn}/{lanes}/{warps}{' even' if even else ''}"
                     f"{f' gated {act}' if act else ''}", q._qgemv_kernel,
                     ["*fp32", "*fp32", *planes, "i32", "i32", "i32", "i32", "fp32", "i32"]
-                    + ["i32"] * 4,
+                    + ["i32"] * 5,
                     dict(fa, BLOCK_N=bn, NT=32 * warps // lanes, L=lanes, EVEN=even, ACT=act,
                          PDL=act == 1),
                     num_warps=warps)
         attempt(f"dequant {name}", q._dequant_kernel,
-                ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 4,
+                ["*fp16", *planes, "i32", "i32", "i32", "fp32"] + ["i32"] * 5,
                 dict(fa, BLOCK_N=16, NT=4))
     # (head dim, query rows, key tile, softcap, splits): prefill, one-token steps
     for d, bm, bn, softcap, splits in ((64, 64, 64, False, 1), (128, 16, 128, False, 1),

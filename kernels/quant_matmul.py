@@ -8,8 +8,8 @@ share a scale (32; 16 for Q6_K and NVFP4):
 
 planes, per row of the weight (`PackedWeight`):
 
-* ``q``: int32 words of P = 32 / QBITS fields (QBITS 4: Q4_0, Q4_1, Q4_K, NVFP4; 8: the rest,
-  whose 5- to 8-bit values take a byte each). A *tile* is P groups stored as G words: field j of
+* ``q``: int32 words of P = 32 / QBITS fields (QBITS 4: Q4_0, Q4_1, Q4_K, Q6_K's low bits,
+  NVFP4; 8: the rest, whose 5- to 8-bit values take a byte each). A *tile* is P groups stored as G words: field j of
   word w of tile t is value (P*t + j)*G + w. Unpacking field j of a run of words thus yields a
   run of consecutive values of one group, so the GEMV reads the activations with the same
   vector width and thread layout as the weight words (no trip through shared memory), and one
@@ -19,6 +19,10 @@ planes, per row of the weight (`PackedWeight`):
   is the same float32 product ggml's dequantiser forms).
 * ``sd``: for the K-quants, [n, T * M] fp16: each tile's multipliers of s and b, M = 2 (d and
   -dmin of its super-block), or of s alone, M = 1 (Q6_K: d; no offset to multiply).
+* ``h``: the values' bits above QBITS (HBITS of them: Q6_K's top 2), int32 [n, T / 2 * G]:
+  word w of tile pair p holds those of word w of tiles 2p + u (u = 0, 1), field j's at bit
+  8 (j / 2) + 4u + 2 (j % 2). So Q6_K is read at its stored 6.56 bits a value (8.56 as bytes),
+  and the tensor-core GEMV gets four fields' high bits in place for one mask (mma_gemv).
 
 The GEMV works in float32 without an int-to-float conversion per value: a field becomes the
 float f = 1 + q 2^(LOW - 23) by shifting it into the mantissa of 1.0 at bit LOW (one shift, one
@@ -52,10 +56,18 @@ class QuantFormat:
     scale: int = 1  # 0: none; 1: fp16 per group; 2: integer per group x fp16 per super-block
     bias: int = 0  # 0: none; 1: fp16 per group; 2: integer per group x fp16 per super-block
     codebook: bool = False  # NVFP4: q is an E2M1 code
+    hbits: int = 0  # bits of a value above qbits, in the plane h
 
     def __post_init__(self):
         # the GEMV folds each field's power-of-two unit into its group's scale
         assert self.qbits == 32 or self.scale, f"{self.name}: a packed format needs a scale"
+        # the one layout of h: four fields of two tiles a byte
+        assert self.hbits in (0, 2) and (not self.hbits or self.qbits == 4), self.name
+
+    @property
+    def bits(self) -> int:
+        """A value's bits: its field and, where split, its high bits."""
+        return self.qbits + self.hbits
 
     @property
     def fields(self) -> int:
@@ -75,7 +87,7 @@ FORMATS = {f.name: f for f in (
     QuantFormat("q5_1", 32, 8, bias=1),
     QuantFormat("q4_k", 32, 4, scale=2, bias=2),
     QuantFormat("q5_k", 32, 8, scale=2, bias=2),
-    QuantFormat("q6_k", 16, 8, zero=32, scale=2),
+    QuantFormat("q6_k", 16, 4, zero=32, scale=2, hbits=2),
     QuantFormat("nvfp4", 16, 4, codebook=True),
 )}
 SUPER_BLOCK = 256
@@ -92,6 +104,7 @@ class PackedWeight:
     s: torch.Tensor | None = None
     b: torch.Tensor | None = None
     sd: torch.Tensor | None = None
+    h: torch.Tensor | None = None
     alpha: float = 1.0
 
     @property
@@ -103,11 +116,11 @@ class PackedWeight:
         return sum(t.numel() * t.element_size() for t in self.planes() if t is not None)
 
     def planes(self) -> tuple:
-        return self.q, self.s, self.b, self.sd
+        return self.q, self.s, self.b, self.sd, self.h
 
     def to(self, device) -> "PackedWeight":
-        q, s, b, sd = (None if t is None else t.to(device) for t in self.planes())
-        return replace(self, q=q, s=s, b=b, sd=sd)
+        q, s, b, sd, h = (None if t is None else t.to(device) for t in self.planes())
+        return replace(self, q=q, s=s, b=b, sd=sd, h=h)
 
 
 def concat_rows(weights: list[PackedWeight]) -> PackedWeight:
@@ -130,6 +143,21 @@ def _e2m1_torch(code: torch.Tensor) -> torch.Tensor:
     return torch.where(code >= 8, -val, val)
 
 
+def high_shifts(fmt: QuantFormat, device=None) -> torch.Tensor:
+    """[2, P] bit offsets in an h word of field j of the pair's tile u (the docstring above)."""
+    u = torch.arange(2, device=device).view(2, 1)
+    j = torch.arange(fmt.fields, device=device).view(1, -1)
+    return 8 * (j // 2) + 4 * u + fmt.hbits * (j % 2)
+
+
+def high_fields(h: torch.Tensor, n: int, T: int, fmt: QuantFormat) -> torch.Tensor:
+    """The h plane as each value's high bits, [n, T, P, G] int32."""
+    words = h.view(n, T // 2, 1, 1, fmt.group).to(torch.int64) & 0xFFFFFFFF
+    shifts = high_shifts(fmt, h.device).view(1, 1, 2, fmt.fields, 1)
+    return ((words >> shifts) & ((1 << fmt.hbits) - 1)).to(torch.int32).view(
+        n, T, fmt.fields, fmt.group)
+
+
 def dequantize_reference(w: PackedWeight) -> torch.Tensor:
     """The weight as float32 [n, k], plain torch, straight from the plane definitions."""
     f, n = w.fmt, w.n
@@ -139,6 +167,8 @@ def dequantize_reference(w: PackedWeight) -> torch.Tensor:
     shifts = torch.arange(P, device=w.q.device, dtype=torch.int64).view(1, 1, P, 1) * f.qbits
     words = w.q.view(n, T, 1, G).to(torch.int64) & 0xFFFFFFFF
     q = ((words >> shifts) & ((1 << f.qbits) - 1)).to(torch.int32)  # [n, T, P, G]
+    if f.hbits:
+        q = q | (high_fields(w.h, n, T, f) << f.qbits)
     v = _e2m1_torch(q) if f.codebook else (q - f.zero).float()
     if f.scale:
         s = w.s.view(n, T, P, 1).float()
@@ -180,8 +210,16 @@ def _field_int(word, j: tl.constexpr, QBITS: tl.constexpr):
 
 
 @triton.jit
+def _shifted(word, SHIFT: tl.constexpr):
+    if SHIFT >= 0:
+        return word << SHIFT
+    else:
+        return word >> (-SHIFT)
+
+
+@triton.jit
 def _field_dot(word, x, xs, j: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
-               one_bits):
+               one_bits, high, HBITS: tl.constexpr):
     """sum over a thread's values of field j of (q - ZERO) x, in units of 2^(23 - LOW), given
     xs = sum x.
 
@@ -189,20 +227,37 @@ def _field_dot(word, x, xs, j: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.const
     at bit LOW (no int-to-float conversion), and sum (q - ZERO) x = UNIT (sum f x - (1 + ZERO /
     UNIT) sum x) with UNIT = 2^(23 - LOW). 4-bit fields go in pairs to bits 15..18 and 19..22,
     so one shift of the word serves two (the lower keeps 2^-19 relative precision in the sums,
-    against float32's own 2^-23). UNIT, a power of two, is left to the caller to fold into a
-    scale it multiplies anyway. `one_bits` is 1.0's bit pattern passed as a kernel argument: as
-    an immediate beside the immediate mask, (top & mask) | one takes two logic instructions
-    instead of one."""
-    LOW: tl.constexpr = 15 + 4 * (j % 2) if QBITS == 4 else 23 - QBITS
-    SHIFT: tl.constexpr = LOW - QBITS * j
-    if SHIFT >= 0:
-        top = word << SHIFT
+    against float32's own 2^-23); a split value (HBITS) joins its high bits from `high` (the h
+    word, shifted to this tile's bits) above them. UNIT, a power of two, is left to the caller
+    to fold into a scale it multiplies anyway. `one_bits` is 1.0's bit pattern passed as a
+    kernel argument: as an immediate beside the immediate mask, (top & mask) | one takes two
+    logic instructions instead of one."""
+    if HBITS > 0:
+        LOW: tl.constexpr = 23 - QBITS - HBITS
     else:
-        top = word >> (-SHIFT)
+        LOW: tl.constexpr = 15 + 4 * (j % 2) if QBITS == 4 else 23 - QBITS
     MASK: tl.constexpr = ((1 << QBITS) - 1) << LOW
-    f = ((top & MASK) | one_bits).to(tl.float32, bitcast=True)
+    bits = _shifted(word, LOW - QBITS * j) & MASK
+    if HBITS > 0:
+        HMASK: tl.constexpr = ((1 << HBITS) - 1) << (LOW + QBITS)
+        bits = bits | (_shifted(high, LOW + QBITS - _high_pos(j, HBITS)) & HMASK)
+    f = (bits | one_bits).to(tl.float32, bitcast=True)
     UNIT: tl.constexpr = 1 << (23 - LOW)
     return _thread_sum(f * x) - ((UNIT + ZERO) / UNIT) * xs
+
+
+@triton.jit
+def _high_pos(j: tl.constexpr, HBITS: tl.constexpr):
+    """Field j's bit in an h word shifted to its tile's bits (quant_matmul's docstring)."""
+    return 8 * (j // 2) + HBITS * (j % 2)
+
+
+@triton.jit
+def _load_high(h_ptr, r, t, w, stride_h, G: tl.constexpr, mask, other):
+    """The h words of tiles t, each shifted to its tile's bits."""
+    words = tl.load(h_ptr + r * stride_h + (t // 2) * G + w, mask=mask, other=other,
+                    eviction_policy="evict_first")
+    return words >> ((t % 2) * 4)
 
 
 @triton.jit
@@ -242,10 +297,11 @@ def _thread_sum(v):
 
 
 @triton.jit
-def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_per_split, alpha,
-                  one_bits, stride_q, stride_s, stride_b, stride_sd,
+def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, h_ptr, N, K, T, tiles_per_split,
+                  alpha, one_bits, stride_q, stride_s, stride_b, stride_sd, stride_h,
                   G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
                   CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
+                  HBITS: tl.constexpr,
                   BLOCK_N: tl.constexpr, NT: tl.constexpr, L: tl.constexpr, EVEN: tl.constexpr,
                   ACT: tl.constexpr, PDL: tl.constexpr = False):
     """out[split, n] = alpha * sum_k W[n, k] x[k] over this program's rows and share of tiles.
@@ -264,7 +320,8 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
     Q: tl.constexpr = G // (4 * L)
     # the smallest unit a field's dot product comes in (_field_dot: 2^(23 - LOW)); the sums
     # are kept in it, and the even 4-bit fields' 16x larger one folds into their scales
-    UNIT_MIN: tl.constexpr = 1 if CODEBOOK else (16 if QBITS == 4 else 1 << QBITS)
+    UNIT_MIN: tl.constexpr = 1 if CODEBOOK else (16 if QBITS == 4 and HBITS == 0
+                                                 else 1 << (QBITS + HBITS))
     pid = tl.program_id(0)
     i = tl.arange(0, BLOCK_N)
     if ACT > 0:
@@ -295,6 +352,7 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
         # weights are read once a token: first out of L2 (8B Q4_K_M decode 319.7 -> 324.6 t/s)
         words = tl.load(q_ptr + r * stride_q + t * G + w, mask=wmask, other=other,
                         eviction_policy="evict_first")
+        high = _load_high(h_ptr, r, t, w, stride_h, G, wmask, other) if HBITS > 0 else 0
         # per-(row, tile) parameters, in the layout of the in-thread sums they multiply
         like_sums = _thread_sum(words * 0)
         tp, rp = t + like_sums, r + like_sums
@@ -306,9 +364,9 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
             if CODEBOOK:
                 lin = _thread_sum(_e2m1(_field_int(words, j, QBITS)) * x)
             else:
-                lin = _field_dot(words, x, xs, j, QBITS, ZERO, one_bits)
+                lin = _field_dot(words, x, xs, j, QBITS, ZERO, one_bits, high, HBITS)
             # this field's unit over UNIT_MIN
-            R = 16 if QBITS == 4 and j % 2 == 0 and not CODEBOOK else 1
+            R = 16 if QBITS == 4 and HBITS == 0 and j % 2 == 0 and not CODEBOOK else 1
             lin = lin * _group_param(s_ptr, rp, tp, j, P, stride_s, wmask, SCALE, R)
             if BIAS > 0:
                 off = _group_param(b_ptr, rp, tp, j, P, stride_b, wmask, BIAS,
@@ -340,17 +398,19 @@ def _qgemv_kernel(x_ptr, out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, tiles_pe
 
 
 @triton.jit
-def _dequant_kernel(out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, alpha,
-                    stride_q, stride_s, stride_b, stride_sd,
+def _dequant_kernel(out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, h_ptr, N, K, T, alpha,
+                    stride_q, stride_s, stride_b, stride_sd, stride_h,
                     G: tl.constexpr, QBITS: tl.constexpr, ZERO: tl.constexpr,
                     CODEBOOK: tl.constexpr, SCALE: tl.constexpr, BIAS: tl.constexpr,
-                    BLOCK_N: tl.constexpr, NT: tl.constexpr):
+                    HBITS: tl.constexpr, BLOCK_N: tl.constexpr, NT: tl.constexpr):
     P: tl.constexpr = 32 // QBITS
     r = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)[:, None, None]
     t = tl.program_id(1) * NT + tl.arange(0, NT)[None, :, None]
     w = tl.arange(0, G)[None, None, :]
     mask = (r < N) & (t < T)
     words = tl.load(q_ptr + r * stride_q + t * G + w, mask=mask, other=0)
+    if HBITS > 0:
+        high = _load_high(h_ptr, r, t, w, stride_h, G, mask, 0)
     out = out_ptr + r.to(tl.int64) * K
     if SCALE == 2:  # the tile's multipliers, once for all its groups
         ms = _group_param(sd_ptr, r, t, 0, 2 if BIAS == 2 else 1, stride_sd, mask, 1)
@@ -358,6 +418,8 @@ def _dequant_kernel(out_ptr, q_ptr, s_ptr, b_ptr, sd_ptr, N, K, T, alpha,
         mb = _group_param(sd_ptr, r, t, 1, 2, stride_sd, mask, 1)
     for j in tl.static_range(P):
         q = _field_int(words, j, QBITS)
+        if HBITS > 0:
+            q = q | (_field_int(high >> _high_pos(j, HBITS), 0, HBITS) << QBITS)
         v = _e2m1(q) if CODEBOOK else _exact_float(q - ZERO)
         if SCALE > 0:
             s = _group_param(s_ptr, r, t, j, P, stride_s, mask, SCALE)
@@ -386,7 +448,7 @@ def _plane_args(w: PackedWeight) -> tuple[list, list]:
 
 def _fmt_args(f: QuantFormat) -> dict:
     return dict(G=f.group, QBITS=f.qbits, ZERO=f.zero, CODEBOOK=f.codebook, SCALE=f.scale,
-                BIAS=f.bias)
+                BIAS=f.bias, HBITS=f.hbits)
 
 
 @dataclass(frozen=True)
