@@ -1,10 +1,10 @@
-"""The Q4_K decode GEMV on tensor cores, compiled at run time, in two kinds of operands:
+"""The K-quant decode GEMV on tensor cores, compiled at run time, in two kinds of operands:
 
-* "f16" (`cuda/q4k_mma_gemv.cu`): fields turned into fp16 products q * s, the activation as
-  three fp16 parts (float32's precision);
-* "i8" (`cuda/q4k_imma_gemv.cu`): fields as the bytes they are in an integer mma, the
-  activation as 16 bits a value per group of 32 (~1e-5 of a product's largest terms), a third
-  of the instructions a value.
+* "f16" (`cuda/q4k_mma_gemv.cu`, Q4_K): fields turned into fp16 products q * s, the activation
+  as three fp16 parts (float32's precision);
+* "i8" (`cuda/kquant_imma_gemv.cu`, Q4_K and Q6_K): fields as the bytes they are in an integer
+  mma, the activation as 16 bits a value per group of 32 (~1e-5 of a product's largest
+  terms), a third of the instructions a value.
 
 It reads the planes of `quant_matmul` as they are (4-bit fields in words, u8 scales and
 offsets, each super-block's fp16 d and -dmin), so prefill, the dequantiser and the reference
@@ -32,14 +32,17 @@ from . import cuda_driver
 from .launch import pdl_enabled, sm_count, tuning_table
 
 SOURCES = {"f16": Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu",
-           "i8": Path(__file__).parent / "cuda" / "q4k_imma_gemv.cu"}
+           "i8": Path(__file__).parent / "cuda" / "kquant_imma_gemv.cu"}
+FORMATS = {"f16": ("q4_k",), "i8": ("q4_k", "q6_k")}  # what each kind of operands multiplies
 KERNEL_ENV = "IMPDIFF_GEMV"
 # {"q4_k gated 28672 4096": [warps, row_blocks, split_k(, k_warps(, operands))], ...}
 TABLE_ENV = "IMPDIFF_MMA_TABLE"
 F16_1024 = 0x64006400  # fp16 1024.0 in both halves
 # a super-block's staged activation: f16, three parts' fragments + group sums + scale; i8, the
-# B words (two bytes a value) + each group's scale and sum + x as it is (copied in first)
-SHARED_PER_TILE = {"f16": 8 * 4 * 3 * 16 + 8 * 4 + 4, "i8": 256 * 2 + 8 * 8 + 256 * 4}
+# B words (two bytes a value) + each group's scale and sum(s: Q6_K's groups of 16 two) + x as it
+# is (copied in first)
+SHARED_PER_TILE = {"f16": 8 * 4 * 3 * 16 + 8 * 4 + 4, "i8": 256 * 2 + 8 * 8 + 256 * 4,
+                   "i8 q6_k": 256 * 2 + 8 * 16 + 256 * 4}
 ROWS_PER_BLOCK = {"f16": 8, "i8": 16}  # weight rows of a row block (half as many outputs gated)
 ACT_CODES = {None: 0, "silu": 1, "gelu_tanh": 2}
 I8_LIMIT = 32639.0  # the i8 kernel's largest |x| / dx: 256 hi + lo with hi a byte
@@ -67,37 +70,51 @@ class MmaConfig:
         return self.operands != "i8" or x.data_ptr() % 16 == 0
 
 
-def i8_activation(x: torch.Tensor) -> torch.Tensor:
-    """x as the i8 kernel multiplies the fields by it: per group of 32 values, dx * round(x /
-    dx) with dx = max |x| / I8_LIMIT (float32 throughout, as the kernel)."""
-    groups = x.float().reshape(-1, 32)
+def i8_activation(x: torch.Tensor, group: int = 32) -> torch.Tensor:
+    """x as the i8 kernel multiplies the fields of a format with groups of `group` values by
+    it: per activation group of 32 values, dx * round(x / dx) with dx = max |x| / I8_LIMIT
+    (float32 throughout, as the kernel). The activation groups are the weight's groups of 32,
+    or, for groups of 16 (Q6_K), groups j and 8 + j of a super-block together."""
+    paired = group == 16
+    v = x.float().reshape(-1, 2, 8, 16).transpose(1, 2) if paired else x.float()
+    groups = v.reshape(-1, 32)
     amax = groups.abs().amax(dim=1, keepdim=True)
     live = amax > 1e-30  # a group of (near) zeros stays zero
-    inv = torch.where(live, I8_LIMIT / amax.clamp_min(1e-30), 0.0)
+    # a true division, as the kernel's: torch's scalar / tensor multiplies by a reciprocal,
+    # which rounds a quarter of the quotients differently and moves a value of x off its
+    # half-way point now and then (one step of dx: ~1e-5 of a product)
+    inv = torch.where(live, torch.full_like(amax, I8_LIMIT) / amax.clamp_min(1e-30), 0.0)
     dx = torch.where(live, amax / I8_LIMIT, 0.0)
-    return (torch.round(groups * inv) * dx).reshape(x.shape)
+    q = torch.round(groups * inv) * dx
+    return (q.reshape(-1, 8, 2, 16).transpose(1, 2) if paired else q).reshape(x.shape)
 
 
 def i8_reference(x: torch.Tensor, w) -> torch.Tensor:
     """The i8 kernel's product W x in float64: the scaled fields (d s q) times the 16-bit
-    activation, the offsets (-dmin m) times x itself (the kernel adds each group's float32
-    sum)."""
+    activation, Q4_K's offsets (-dmin m) times x itself (the kernel adds each group's float32
+    sum), Q6_K's (-32 d s) times the 16-bit activation too."""
     from .quant_matmul import dequantize_reference  # (quant_matmul imports this module)
     full = dequantize_reference(w).double()
+    x16 = i8_activation(x, w.fmt.group).double()
+    if w.fmt.name == "q6_k":
+        return full @ x16
     offsets = full - dequantize_reference(replace(w, b=torch.zeros_like(w.b))).double()
-    return (full - offsets) @ i8_activation(x).double() + offsets @ x.double()
+    return (full - offsets) @ x16 + offsets @ x.double()
 
 
 def supported(x: torch.Tensor, w) -> bool:
-    """Whether this kernel runs `w` x: a Q4_K weight whose planes it can address, on a GPU of
-    compute capability 8.0 or later with nvcc at hand."""
-    if w.fmt.name != "q4_k" or not x.is_cuda or os.environ.get(KERNEL_ENV) == "triton":
+    """Whether these kernels run `w` x: a Q4_K or Q6_K weight whose planes they can address,
+    on a GPU of compute capability 8.0 or later with nvcc at hand."""
+    if (w.fmt.name not in FORMATS["i8"] or not x.is_cuda
+            or os.environ.get(KERNEL_ENV) == "triton"):
         return False
-    planes_ok = (w.k == w.tiles * 256 and w.n % 8 == 0 and w.s.dtype == torch.uint8
-                 and w.b.dtype == torch.uint8 and w.sd.dtype == torch.float16
-                 and w.s.stride(0) == w.b.stride(0)
-                 and all(p.stride(1) == 1 for p in w.planes())
-                 and w.q.data_ptr() % 16 == 0)  # rows read in 16-byte vectors
+    q6k = w.fmt.name == "q6_k"
+    planes_ok = (w.k % 256 == 0 and w.q.shape[1] * w.fmt.fields == w.k and w.n % 8 == 0
+                 and w.s.dtype == (torch.int8 if q6k else torch.uint8)
+                 and (q6k or w.b.dtype == torch.uint8) and w.sd.dtype == torch.float16
+                 and all(p.stride(1) == 1 for p in w.planes() if p is not None)
+                 # rows read in 16-byte vectors
+                 and all(p.data_ptr() % 16 == 0 for p in (w.q, w.h) if p is not None))
     return (planes_ok and x.dtype == torch.float32 and x.is_contiguous()
             and _capable(x.device))
 
@@ -111,18 +128,22 @@ def _capability(device: torch.device) -> tuple[int, int]:
     return torch.cuda.get_device_capability(device)
 
 
-def build_args(device: torch.device, cfg: MmaConfig, act: int,
-               pdl: bool) -> tuple[Path, str, dict[str, int]]:
-    """What `cuda_driver.compile_cubin` builds for `cfg` on `device` (a sweep compiles many
-    configs in parallel before it times them)."""
+def build_args(device: torch.device, cfg: MmaConfig, act: int, pdl: bool,
+               fmt: str = "q4_k") -> tuple[Path, str, dict[str, int]]:
+    """What `cuda_driver.compile_cubin` builds for `cfg` and format `fmt` on `device` (a sweep
+    compiles many configs in parallel before it times them)."""
     major, minor = _capability(device)
-    return SOURCES[cfg.operands], f"sm_{major}{minor}", dict(
-        WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps, PDL=int(pdl), ACT=act)
+    defines = dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps,
+                   PDL=int(pdl), ACT=act)
+    if fmt == "q6_k":
+        defines["Q6K"] = 1
+    return SOURCES[cfg.operands], f"sm_{major}{minor}", defines
 
 
 @functools.cache
-def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool) -> cuda_driver.Kernel:
-    source, arch, defines = build_args(device, cfg, act, pdl)
+def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool,
+            fmt: str = "q4_k") -> cuda_driver.Kernel:
+    source, arch, defines = build_args(device, cfg, act, pdl, fmt)
     return cuda_driver.Kernel(cuda_driver.compile_cubin(source, arch, defines), source.stem,
                               device)
 
@@ -140,18 +161,22 @@ def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
     if not table:
         cfg = MmaConfig(4, 1, 1, 2, "i8") if gated else None
     else:
-        tuned = table.get(f"q4_k{' gated' if gated else ''} {w.n} {w.k}")
+        tuned = table.get(table_key(w.fmt.name, gated, w.n, w.k))
         cfg = MmaConfig(*tuned) if tuned else None
-    return (cfg if cfg and cfg.fits(w, gated) and cfg.takes(x) and _builds(x.device, cfg, act)
-            else None)
+    return (cfg if cfg and w.fmt.name in FORMATS[cfg.operands] and cfg.fits(w, gated)
+            and cfg.takes(x) and _builds(x.device, cfg, act, w.fmt.name) else None)
+
+
+def table_key(fmt: str, gated: bool, n: int, k: int) -> str:
+    return f"{fmt}{' gated' if gated else ''} {n} {k}"
 
 
 @functools.cache
-def _builds(device: torch.device, cfg: MmaConfig, act: str | None) -> bool:
+def _builds(device: torch.device, cfg: MmaConfig, act: str | None, fmt: str) -> bool:
     """Whether nvcc builds the kernel here; if not, one warning and the Triton GEMV (a toolkit
     too old for the GPU should cost speed, not the run)."""
     try:
-        _kernel(device, cfg, ACT_CODES[act], pdl_enabled(device))
+        _kernel(device, cfg, ACT_CODES[act], pdl_enabled(device), fmt)
         return True
     except cuda_driver.CudaBuildError as exc:
         warnings.warn(f"the tensor-core GEMV did not build ({str(exc).splitlines()[-1]}); the "
@@ -167,8 +192,10 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
     gated, cfg = act is not None, config
     assert cfg.fits(w, gated), f"{cfg} does not cover {w.n} rows{' gated' if gated else ''}"
     assert cfg.takes(x), f"{cfg} needs x at a 16-byte boundary"
-    per_split = -(-w.tiles // cfg.split_k)
-    splits = -(-w.tiles // per_split)
+    assert w.fmt.name in FORMATS[cfg.operands], f"{cfg.operands} does not multiply {w.fmt.name}"
+    supers = w.k // 256
+    per_split = -(-supers // cfg.split_k)
+    splits = -(-supers // per_split)
     rows_out = w.n // 2 if gated else w.n
     block_rows = ROWS_PER_BLOCK[cfg.operands] // (2 if gated else 1)
     tasks = -(-rows_out // (block_rows * cfg.row_blocks))
@@ -178,18 +205,20 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
     else:
         partial = out.view(1, rows_out)
     pdl = pdl_enabled(x.device)
-    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl)
-    shared = per_split * SHARED_PER_TILE[cfg.operands] + (
+    q6k = w.fmt.name == "q6_k"
+    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl, w.fmt.name)
+    shared = per_split * SHARED_PER_TILE[cfg.operands + (" q6_k" if q6k else "")] + (
         cfg.warps * cfg.row_blocks * ROWS_PER_BLOCK[cfg.operands] * 4 if cfg.k_warps > 1 else 0)
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
     resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(x.device)
     blocks = max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))
     kernel((blocks, splits), 32 * cfg.warps, shared,
            torch.cuda.current_stream(x.device).cuda_stream,
-           x, partial, w.q, w.s, w.b, w.sd, w.n, w.tiles, per_split,
+           x, partial, w.q, w.s, w.h if q6k else w.b, w.sd, w.n, supers, per_split,
            *((w.q.stride(0), w.s.stride(0), w.b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
               F16_1024) if cfg.operands == "f16" else
-             (w.q.stride(0), w.s.stride(0), w.sd.stride(0) // 2, float(w.alpha))), pdl=pdl)
+             (w.q.stride(0), w.s.stride(0), (w.h if q6k else w.b).stride(0),
+              w.sd.stride(0) // 2, float(w.alpha))), pdl=pdl)
     if splits == 1:
         return partial.view(rows_out)
     return torch.sum(partial, dim=0, out=out)

@@ -1,5 +1,6 @@
-"""The tensor-core Q4_K GEMVs (kernels/cuda/q4k_mma_gemv.cu, q4k_imma_gemv.cu) against the
-planes' torch reference (the i8 kernel: against `i8_reference`, its 16-bit activation in torch).
+"""The tensor-core K-quant GEMVs (kernels/cuda/q4k_mma_gemv.cu: Q4_K; kquant_imma_gemv.cu:
+Q4_K and Q6_K) against the planes' torch reference (the i8 kernel: against `i8_reference`, its
+16-bit activation in torch).
 
 The kernel is CUDA C, so Triton's interpreter cannot run it: off the GPU the source is compiled
 for sm_90 (nvcc ships on the CI machine) and the dispatch is checked; on a GPU every path runs.
@@ -24,9 +25,9 @@ needs_gpu = pytest.mark.skipif(
     or torch.cuda.get_device_capability()[0] < 8, reason="needs an sm_80+ GPU and nvcc")
 
 
-def _q4k(rows: int, cols: int, device: str, seed: int = 0):
-    blocks = _random_blocks(np.random.default_rng(seed), T.Q4_K, rows, cols)
-    return pack_gguf(blocks, T.Q4_K, (rows, cols), device)
+def _q4k(rows: int, cols: int, device: str, seed: int = 0, qtype=T.Q4_K):
+    blocks = _random_blocks(np.random.default_rng(seed), qtype, rows, cols)
+    return pack_gguf(blocks, qtype, (rows, cols), device)
 
 
 def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
@@ -34,12 +35,13 @@ def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.skipif(cuda_driver.nvcc_path() is None, reason="no nvcc")
-@pytest.mark.parametrize("operands", ["f16", "i8"])
+@pytest.mark.parametrize("operands", ["f16", "i8", "i8 q6_k"])
 @pytest.mark.parametrize("act,k_warps", [(0, 1), (1, 1), (2, 1), (0, 4), (1, 2)])
 def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act, k_warps, operands):
     monkeypatch.setenv(cuda_driver.CACHE_ENV, str(tmp_path))
-    source = mma_gemv.SOURCES[operands]
-    defines = dict(WARPS=8, ROW_BLOCKS=2, ACT=act, KSPLIT=k_warps, PDL=1)
+    kind, *fmt = operands.split()
+    source = mma_gemv.SOURCES[kind]
+    defines = dict(WARPS=8, ROW_BLOCKS=2, ACT=act, KSPLIT=k_warps, PDL=1, Q6K=int(bool(fmt)))
     image = cuda_driver.compile_cubin(source, "sm_90", defines)
     assert image[:4] == b"\x7fELF"
     assert list(tmp_path.glob("*.cubin")), "the cubin is cached"
@@ -75,8 +77,32 @@ def test_i8_activation_keeps_16_bits_a_group(scale):
     assert steps.abs().max() <= mma_gemv.I8_LIMIT
 
 
-def test_i8_reference_is_within_its_bound_of_the_float_product():
-    w = _q4k(64, 1024, "cpu", seed=2)
+def test_i8_activation_of_groups_of_16_pairs_groups_j_and_8_plus_j():
+    """Q6_K's activation groups: groups j and 8 + j of a super-block share one dx."""
+    x = torch.randn(512, generator=torch.Generator().manual_seed(1))
+    x[128 + 16 * 3:128 + 16 * 4] *= 1e4  # group 11 of super-block 0: group 3's dx grows with it
+    got, alone = mma_gemv.i8_activation(x, 16), mma_gemv.i8_activation(x[:256] * 1, 16)
+    assert torch.equal(got[:256], alone)
+    step = x[128 + 48:128 + 64].abs().max() / mma_gemv.I8_LIMIT
+    assert (got[48:64] - x[48:64]).abs().max() > 0.1 * step  # coarse steps: the pair's
+    assert (got[64:80] - x[64:80]).abs().max() < 1e-3 * step  # the next pair keeps its own
+    assert torch.equal(mma_gemv.i8_activation(x[256:], 16), got[256:])
+
+
+def test_i8_activation_divides_as_the_kernel_does():
+    """1 / dx as a true float32 quotient (the kernel's LIMIT / amax), not a product with a
+    rounded reciprocal: a value on a half-way point then rounds as the kernel rounds it."""
+    x = torch.rand(1 << 16, generator=torch.Generator().manual_seed(2)) + 0.5
+    amax = x.view(-1, 32).amax(dim=1).numpy()
+    inv = np.float32(mma_gemv.I8_LIMIT) / amax  # numpy divides in float32 as CUDA does
+    expected = (np.rint(x.view(-1, 32).numpy() * inv[:, None]) * (amax / np.float32(
+        mma_gemv.I8_LIMIT))[:, None]).reshape(-1)
+    assert np.array_equal(mma_gemv.i8_activation(x).numpy(), expected)
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_i8_reference_is_within_its_bound_of_the_float_product(qtype):
+    w = _q4k(64, 1024, "cpu", seed=2, qtype=qtype)
     x = torch.randn(1024, generator=torch.Generator().manual_seed(3))
     exact = dequantize_reference(w).double() @ x.double()
     assert 1e-7 < _rel_err(mma_gemv.i8_reference(x, w), exact) < 1e-4
@@ -85,6 +111,8 @@ def test_i8_reference_is_within_its_bound_of_the_float_product():
 def test_dispatch_leaves_cpu_tensors_and_other_formats_to_triton():
     w = _q4k(16, 256, "cpu")
     assert mma_gemv.choose(torch.zeros(256), w) is None
+    q6 = _q4k(16, 256, "cpu", qtype=T.Q6_K)
+    assert mma_gemv.choose(torch.zeros(256), q6) is None
     q8 = pack_gguf(_random_blocks(np.random.default_rng(0), T.Q8_0, 16, 256), T.Q8_0,
                    (16, 256), "cpu")
     assert not mma_gemv.supported(torch.zeros(256), q8)
@@ -100,11 +128,12 @@ def test_a_kernel_that_does_not_build_falls_back_with_one_warning(tmp_path, monk
     monkeypatch.setenv("IMPDIFF_PDL", "0")  # nothing asks the (absent) GPU
     mma_gemv._builds.cache_clear()
     with pytest.warns(UserWarning, match="did not build.*Unsupported gpu architecture"):
-        assert not mma_gemv._builds(torch.device("cuda"), mma_gemv.MmaConfig(8, 2, 1), "silu")
+        assert not mma_gemv._builds(torch.device("cuda"), mma_gemv.MmaConfig(8, 2, 1), "silu",
+                                    "q4_k")
     mma_gemv._builds.cache_clear()
     with pytest.warns(UserWarning, match="did not build"):
         assert not mma_gemv._builds(torch.device("cuda"),
-                                    mma_gemv.MmaConfig(8, 2, 1, 1, "i8"), None)
+                                    mma_gemv.MmaConfig(8, 2, 1, 1, "i8"), None, "q6_k")
     mma_gemv._builds.cache_clear()
 
 
@@ -118,17 +147,18 @@ def _expected(x: torch.Tensor, w, operands: str) -> torch.Tensor:
 
 
 @needs_gpu
-@pytest.mark.parametrize("operands", ["f16", "i8"])
+@pytest.mark.parametrize("operands,qtype", [("f16", T.Q4_K), ("i8", T.Q4_K), ("i8", T.Q6_K)],
+                         ids=lambda v: getattr(v, "name", v))
 @pytest.mark.parametrize("rows,cols", [(1024, 4096), (1032, 1536), (64, 256)])
 @pytest.mark.parametrize("config", [(4, 1, 1), (2, 4, 1), (4, 1, 4), (8, 2, 2), (8, 1, 1, 4),
                                     (8, 2, 1, 8), (4, 2, 3, 2)],
                          ids=lambda c: "/".join(map(str, c)))
 @pytest.mark.parametrize("scale", [1.0, 3e4, 1e-5])
-def test_gemv_matches_reference_product(rows, cols, config, scale, operands):
+def test_gemv_matches_reference_product(rows, cols, config, scale, operands, qtype):
     """Odd row counts leave the last warp's row blocks past the end (the i8 kernel's last one
     overlaps the one before); split K adds partial sums; large and tiny activations exercise
     the activation's scales."""
-    w = _q4k(rows, cols, "cuda", seed=rows)
+    w = _q4k(rows, cols, "cuda", seed=rows, qtype=qtype)
     x = torch.randn(cols, device="cuda", generator=torch.Generator("cuda").manual_seed(1)) * scale
     if cols > 256:
         x[256:512] = 0.0  # a super-block of zeros (f16: its parts' scale is 1)
@@ -138,12 +168,14 @@ def test_gemv_matches_reference_product(rows, cols, config, scale, operands):
 
 
 @needs_gpu
-@pytest.mark.parametrize("operands", ["f16", "i8"])
+@pytest.mark.parametrize("operands,qtype", [("f16", T.Q4_K), ("i8", T.Q4_K), ("i8", T.Q6_K)],
+                         ids=lambda v: getattr(v, "name", v))
 @pytest.mark.parametrize("act", ["silu", "gelu_tanh"])
 @pytest.mark.parametrize("config", [(8, 2, 1), (2, 4, 1), (8, 2, 1, 4)],
                          ids=lambda c: "/".join(map(str, c)))
-def test_gated_epilogue_matches_reference(act, config, operands):
-    w = _q4k(2 * 1028, 2048, "cuda", seed=3)  # [gate; up], 1028 output rows: a partial block
+def test_gated_epilogue_matches_reference(act, config, operands, qtype):
+    # [gate; up], 1028 output rows: a partial block
+    w = _q4k(2 * 1028, 2048, "cuda", seed=3, qtype=qtype)
     x = torch.randn(2048, device="cuda", generator=torch.Generator("cuda").manual_seed(4))
     y = _expected(x, w, operands).float().cuda()  # (the activation kernel runs on the GPU)
     expected = gated_activation(act, y[None, :1028], y[None, 1028:])[0].double().cpu()
@@ -155,7 +187,8 @@ def test_gated_epilogue_matches_reference(act, config, operands):
 def table(tmp_path, monkeypatch):
     """A tuning table of our own in place of the GPU's shipped one."""
     path = tmp_path / "table.mma.json"
-    path.write_text('{"q4_k gated 1024 1024": [4, 2, 1], "q4_k 512 1024": [4, 1, 1, 2, "i8"]}')
+    path.write_text('{"q4_k gated 1024 1024": [4, 2, 1], "q4_k 512 1024": [4, 1, 1, 2, "i8"], '
+                    '"q6_k 512 1024": [8, 1, 1, 4, "i8"], "q6_k 256 1024": [8, 1, 1]}')
     monkeypatch.setenv(mma_gemv.TABLE_ENV, str(path))
     tuning_table.cache_clear()
     yield
@@ -172,9 +205,12 @@ def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
     assert mma_gemv.choose(x, down) == mma_gemv.MmaConfig(4, 1, 1, 2, "i8")
     unaligned = torch.randn(1025, device="cuda")[1:]  # the i8 kernel stages x in 16-byte loads
     assert mma_gemv.choose(unaligned, down) is None
-    # (an unseeded x once gave 2.5e-6, float32 rounding of the sums; a layout error is of
-    # order 1)
-    assert _rel_err(qgemv(x, down), _expected(x, down, "i8")) < 4e-6
+    assert _rel_err(qgemv(x, down), _expected(x, down, "i8")) < 2e-6
+    q6 = _q4k(512, 1024, "cuda", seed=7, qtype=T.Q6_K)
+    assert mma_gemv.choose(x, q6) == mma_gemv.MmaConfig(8, 1, 1, 4, "i8")
+    assert _rel_err(qgemv(x, q6), _expected(x, q6, "i8")) < 2e-6
+    # the f16 kernel multiplies Q4_K alone: a table naming it for Q6_K leaves it to Triton
+    assert mma_gemv.choose(x, _q4k(256, 1024, "cuda", seed=8, qtype=T.Q6_K)) is None
     eager = qgemv_gated(x, w, "silu")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):

@@ -1,5 +1,5 @@
-// One-token GEMV over Q4_K planes on integer tensor cores (launcher and layout contract:
-// mma_gemv.py, operands "i8").
+// One-token GEMV over Q4_K or (Q6K=1) Q6_K planes on integer tensor cores (launcher and layout
+// contract: mma_gemv.py, operands "i8").
 //
 // Why integers: the fp16 tensor-core GEMV (q4k_mma_gemv.cu) spends ~2.7 instructions a weight
 // value turning fields into fp16 products q * s, and its loads alone ran at 2.96 TB/s where the
@@ -31,6 +31,16 @@
 // B register. x reaches shared memory first as it is, in one cp.async copy: the staging then
 // waits on L2 once, where loading there took a round trip per super-block a warp stages (2 to
 // 7 in turn; 8B decode 383.4 -> 384.8 t/s, stop 21).
+//
+// Q6_K (Q6K=1): its planes are those of Q4_K but for 16-value groups (a super-block's words
+// 0-15 hold groups 0-7 at positions 0-15, words 16-31 groups 8-15) and a plane h of the top 2
+// bits of each field: h word p holds those of words p and 16 + p, four fields a byte
+// (quant_matmul's docstring). A field's byte is its nibble (the odd groups' shifted down: 63 *
+// 16 leaves no byte) or-ed with its top bits at bits 4-5. The k-slot halves of a word pair
+// belong to different groups (2e and 8 + 2e) with different scales, so each half is its own
+// m16n8k16 mma, with the same B registers as Q4_K's halves: the activation is staged as for
+// Q4_K with each "group of 32" made of groups j and 8 + j (positions 0-15 and 16-31), one dx
+// for both, and a sum for each.
 
 #include <cuda_fp16.h>
 #include <stdint.h>
@@ -39,12 +49,23 @@
 
 #define LIMIT 32639.0f  // largest |x| / dx: 256 hi + lo with hi <= 127 after lo's rounding
 
+#ifndef Q6K
+#define Q6K 0
+#endif
+
 __device__ __forceinline__ void imma(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                      uint32_t a3, uint32_t b0, uint32_t b1) {
   asm("mma.sync.aligned.m16n8k32.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
       "{%8,%9}, {%0,%1,%2,%3};"
       : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void imma16(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t b0) {
+  asm("mma.sync.aligned.m16n8k16.row.col.s32.u8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, "
+      "{%0,%1,%2,%3};"
+      : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
+      : "r"(a0), "r"(a1), "r"(b0));
 }
 
 // n4 16-byte pieces from global to shared memory, all in flight at once
@@ -58,25 +79,42 @@ __device__ __forceinline__ void copy_async(float* dst, const float* src, int n4)
 
 struct Rows {  // one super-block of a lane's two rows (g, g + 8), loaded ahead of its use
   uint4 w0[2], w1[2];  // words 4t..4t+3 and 16+4t..16+4t+3
+#if Q6K
+  uint4 hw[2];         // h words 4t..4t+3
+  uint32_t s[2];       // the int8 scales of groups 2t, 2t+1, 8+2t, 9+2t of each row
+#else
   uint32_t s, m;       // the scales and offsets of groups 2t, 2t+1: row g low half, g + 8 high
-  uint32_t dd[2];      // fp16 d, -dmin
+#endif
+  uint32_t dd[2];      // fp16 d, -dmin (Q6_K: d, d)
 };
 
 struct Base {  // a lane's two rows (g, g + 8) at super-block 0 of each plane
   const uint4* q[2];
-  const uint16_t *s[2], *b[2];  // groups 2t, 2t + 1
+  const uint16_t *s[2];  // groups 2t, 2t + 1
+#if Q6K
+  const uint4* h[2];
+#else
+  const uint16_t* b[2];
+#endif
   const uint32_t* sd[2];
 };
 
-__device__ __forceinline__ Base row_base(const uint32_t* q, const uint8_t* s, const uint8_t* b,
+// b: the offsets (Q4_K) or h (Q6_K)
+__device__ __forceinline__ Base row_base(const uint32_t* q, const uint8_t* s, const void* b,
                                          const uint32_t* sd, const int (&row)[2], int stride_q,
-                                         int stride_s, int stride_sd, int t) {
+                                         int stride_s, int stride_b, int stride_sd, int t) {
   Base a;
 #pragma unroll
   for (int h = 0; h < 2; h++) {
     a.q[h] = reinterpret_cast<const uint4*>(q + (size_t)row[h] * stride_q) + t;
     a.s[h] = reinterpret_cast<const uint16_t*>(s + (size_t)row[h] * stride_s) + t;
-    a.b[h] = reinterpret_cast<const uint16_t*>(b + (size_t)row[h] * stride_s) + t;
+#if Q6K
+    a.h[h] = reinterpret_cast<const uint4*>(static_cast<const uint32_t*>(b) +
+                                            (size_t)row[h] * stride_b) + t;
+#else
+    a.b[h] = reinterpret_cast<const uint16_t*>(static_cast<const uint8_t*>(b) +
+                                               (size_t)row[h] * stride_b) + t;
+#endif
     a.sd[h] = sd + (size_t)row[h] * stride_sd;
   }
   return a;
@@ -91,24 +129,34 @@ __device__ __forceinline__ Rows load_rows(const Base& a, int tt, uint64_t pol) {
     r.w0[h] = load_stream(a.q[h] + tt * 8, pol);
     r.w1[h] = load_stream(a.q[h] + tt * 8 + 4, pol);
     r.dd[h] = a.sd[h][tt];
+#if Q6K
+    r.hw[h] = load_stream(a.h[h] + tt * 4, pol);
+    r.s[h] = a.s[h][tt * 8] | (uint32_t)a.s[h][tt * 8 + 4] << 16;
+#endif
   }
+#if !Q6K
   r.s = a.s[0][tt * 4] | (uint32_t)a.s[1][tt * 4] << 16;
   r.m = a.b[0][tt * 4] | (uint32_t)a.b[1][tt * 4] << 16;
+#endif
   return r;
 }
 
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
-q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
-              const uint32_t* __restrict__ q, const uint8_t* __restrict__ s,
-              const uint8_t* __restrict__ b, const uint32_t* __restrict__ sd, int n, int tiles,
-              int tiles_per_split, int stride_q, int stride_s, int stride_sd, float alpha) {
+kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
+                 const uint32_t* __restrict__ q, const uint8_t* __restrict__ s,
+                 const void* __restrict__ b, const uint32_t* __restrict__ sd, int n, int tiles,
+                 int tiles_per_split, int stride_q, int stride_s, int stride_b, int stride_sd,
+                 float alpha) {
   extern __shared__ uint4 smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int t_lo = blockIdx.y * tiles_per_split;
   const int nt = min(tiles, t_lo + tiles_per_split) - t_lo;
+  // a super-block's group parameters: Q4_K [4 pairs] dx (odd / 16), sums; Q6_K also [4 pairs]
+  // the sums of groups 8 + j
+  constexpr int PARAMS = Q6K ? 8 : 4;
   uint4* xq = smem;                                       // [nt][32 lanes] the B words
-  float4* xds = reinterpret_cast<float4*>(xq + nt * 32);  // [nt][4 pairs] dx (odd / 16), sums
-  float* raw = reinterpret_cast<float*>(xds + nt * 4);    // [nt][256] x as it is
+  float4* xds = reinterpret_cast<float4*>(xq + nt * 32);  // [nt][PARAMS]
+  float* raw = reinterpret_cast<float*>(xds + nt * PARAMS);  // [nt][256] x as it is
   float* red = raw + nt * 256;                            // add_k_parts' sums
 
   uint64_t pol;
@@ -131,7 +179,7 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
       const int first = min(first0 + r * STEP, rows_out - STEP);
       row[r][0] = first + g;
       row[r][1] = (ACT ? n / 2 : 8) + first + g;  // gated: the up row of gate row g
-      base[r] = row_base(q, s, b, sd, row[r], stride_q, stride_s, stride_sd, t);
+      base[r] = row_base(q, s, b, sd, row[r], stride_q, stride_s, stride_b, stride_sd, t);
       // (a warp with no super-blocks, k_lo = nt, loads one it never uses, inside the row)
       ring[r] = load_rows(base[r], min(t_lo + w.k_lo, tiles - 1), pol);
       acc[r][0] = acc[r][1] = 0.0f;
@@ -146,10 +194,11 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   asm volatile("cp.async.wait_all;" ::: "memory");
   __syncthreads();
   // stage the activation: a warp per super-block, four lanes per group (lane: group j = lane
-  // / 4, positions 8u..8u+7, u = lane % 4)
+  // / 4, positions 8u..8u+7, u = lane % 4; Q6_K: groups j and 8 + j as one)
   for (int tt = warp; tt < nt; tt += WARPS) {
     const int j = lane >> 2, u = lane & 3;
-    const float4* xt = reinterpret_cast<const float4*>(raw + tt * 256 + 32 * j + 8 * u);
+    const int first = Q6K ? 128 * (u >> 1) + 16 * j + 8 * (u & 1) : 32 * j + 8 * u;
+    const float4* xt = reinterpret_cast<const float4*>(raw + tt * 256 + first);
     const float4 v0 = xt[0], v1 = xt[1];
     const float v[8] = {v0.x, v0.y, v0.z, v0.w, v1.x, v1.y, v1.z, v1.w};
     float amax = 0.0f, sum = 0.0f;
@@ -161,19 +210,29 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
 #pragma unroll
     for (int o = 1; o < 4; o <<= 1) {
       amax = fmaxf(amax, __shfl_xor_sync(FULL, amax, o));
-      sum += __shfl_xor_sync(FULL, sum, o);
+      if (!Q6K) sum += __shfl_xor_sync(FULL, sum, o);
     }
     // a group of (near) zeros stays zero rather than scaling by an infinite 1 / dx
     const bool live = amax > 1e-30f;
     const float inv = live ? LIMIT / amax : 0.0f, dx = live ? amax / LIMIT : 0.0f;
     uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
+    int qsum = 0;
 #pragma unroll
     for (int i = 0; i < 8; i++) {
       const int qv = __float2int_rn(v[i] * inv);
       const int l8 = (qv << 24) >> 24, h8 = (qv - l8) >> 8;
       lo[i >> 2] |= (uint32_t)(l8 & 0xff) << (8 * (i & 3));
       hi[i >> 2] |= (uint32_t)(h8 & 0xff) << (8 * (i & 3));
+      qsum += qv;
     }
+#if Q6K
+    // Q6_K's offset (-32 d s, per group of 16: the lane pairs u = 0, 1 and 2, 3) multiplies the
+    // sum of the activation as the fields see it: (q - 32) x~ where q x~ - 32 x would leave the
+    // ~5x larger q x~ and 32 x to cancel with x~'s rounding in one of them (random weights:
+    // 1.0e-4 of the largest output against 4.6e-5, scripts/stop22/q6k_imma_emulation.py)
+    qsum += __shfl_xor_sync(FULL, qsum, 1);
+    sum = dx * (float)qsum;
+#endif
     // positions 8u + 4c .. + 3 are those of lane t = 2 (u % 2) + c, half h = u / 2
     const int e = j >> 1, o = j & 1, h = u >> 1;
     uint32_t* words = reinterpret_cast<uint32_t*>(xq + tt * 32);
@@ -183,11 +242,19 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
       words[((e * 2 + 0) * 4 + tl) * 4 + o * 2 + h] = hi[c];
       words[((e * 2 + 1) * 4 + tl) * 4 + o * 2 + h] = lo[c];
     }
+#if Q6K
+    if ((u & 1) == 0) {
+      float* pair = reinterpret_cast<float*>(xds + tt * PARAMS + 4 * h + e);
+      if (h == 0) pair[o] = dx;
+      pair[2 + o] = sum;
+    }
+#else
     if (u == 0) {
-      float* pair = reinterpret_cast<float*>(xds + tt * 4 + e);
+      float* pair = reinterpret_cast<float*>(xds + tt * PARAMS + e);
       pair[o] = o ? dx * 0.0625f : dx;  // the odd groups' fields are read 16 times too large
       pair[2 + o] = sum;
     }
+#endif
   }
   __syncthreads();
 #if PDL
@@ -205,7 +272,11 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
 #pragma unroll 2
   for (int tt = w.k_lo; tt < w.k_hi; tt++) {
     const uint4 xw = xq[tt * 32 + lane];
-    const float4 ds = xds[tt * 4 + t];
+    const float4 ds = xds[tt * PARAMS + t];
+#if Q6K
+    const float2 ds8 = *reinterpret_cast<const float2*>(
+        reinterpret_cast<const float*>(xds + tt * PARAMS + 4 + t) + 2);  // sums of 8 + 2t, 9 + 2t
+#endif
     uint32_t bl[4][2], bh[4][2];  // B of the low and high mmas
 #pragma unroll
     for (int jj = 0; jj < 4; jj++) {
@@ -223,6 +294,42 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
       const uint32_t a1[4] = {cur.w0[1].x, cur.w0[1].y, cur.w0[1].z, cur.w0[1].w};
       const uint32_t a2[4] = {cur.w1[0].x, cur.w1[0].y, cur.w1[0].z, cur.w1[0].w};
       const uint32_t a3[4] = {cur.w1[1].x, cur.w1[1].y, cur.w1[1].z, cur.w1[1].w};
+#if Q6K
+      const uint32_t hw0[4] = {cur.hw[0].x, cur.hw[0].y, cur.hw[0].z, cur.hw[0].w};
+      const uint32_t hw1[4] = {cur.hw[1].x, cur.hw[1].y, cur.hw[1].z, cur.hw[1].w};
+      int c[2][2][4] = {};  // [words 0-15 or 16-31][even or odd groups]
+#pragma unroll
+      for (int jj = 0; jj < 4; jj++) {
+        // row g's and g + 8's fields of one parity and half: nibble | top bits at 4-5
+        auto field = [](uint32_t word, uint32_t high, int odd, int half) {
+          const uint32_t lo = (odd ? word >> 4 : word) & 0x0F0F0F0Fu;
+          const int sh = 4 - 4 * half - 2 * odd;  // the top bits' place in h: 4 half + 2 odd
+          return lo | ((sh >= 0 ? high << sh : high >> -sh) & 0x30303030u);
+        };
+        const uint32_t bq[2][2] = {{bl[jj][0], bh[jj][0]}, {bl[jj][1], bh[jj][1]}};
+#pragma unroll
+        for (int o = 0; o < 2; o++) {
+          imma16(c[0][o], field(a0[jj], hw0[jj], o, 0), field(a1[jj], hw1[jj], o, 0), bq[0][o]);
+          imma16(c[1][o], field(a2[jj], hw0[jj], o, 1), field(a3[jj], hw1[jj], o, 1), bq[1][o]);
+        }
+      }
+      // cells (row, hi) and (row, lo) of group 8 half + 2t + odd, rows g then g + 8
+      const float sums[2][2] = {{ds.z, ds.w}, {ds8.x, ds8.y}};
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        float part = 0.0f;
+#pragma unroll
+        for (int half = 0; half < 2; half++)
+#pragma unroll
+          for (int o = 0; o < 2; o++) {
+            const float dot = (float)(c[half][o][2 * h] * 256 + c[half][o][2 * h + 1]);
+            const float sc = (float)(int8_t)(cur.s[h] >> (8 * (2 * half + o)));
+            part = fmaf(sc, fmaf(dot, o ? ds.y : ds.x, -32.0f * sums[half][o]), part);
+          }
+        const float d = __half2float(*reinterpret_cast<const __half*>(&cur.dd[h]));
+        acc[r][h] = fmaf(d, part, acc[r][h]);
+      }
+#else
       int cl[4] = {0, 0, 0, 0}, ch[4] = {0, 0, 0, 0};
 #pragma unroll
       for (int jj = 0; jj < 4; jj++) {
@@ -242,6 +349,7 @@ q4k_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
         const float2 dm = __half22float2(*reinterpret_cast<const __half2*>(&cur.dd[h]));
         acc[r][h] = fmaf(dm.x, part, fmaf(dm.y, offs, acc[r][h]));
       }
+#endif
     }
   }
   float val[ROW_BLOCKS][2];  // lane (g, 0): rows g and g + 8 of each row block
