@@ -6,8 +6,9 @@
 For every distinct (format, rows, cols) of the shape's Q4_K_M and Q8_0 mixes, times `qgemv`
 over a grid of (block_n, tiles, split_k, num_warps) and prints the weight bytes moved per
 second; the default heuristic (`gemv_config`) is shown beside the best found. With --kernel mma,
-every Q4_K shape (gate/up through the gated epilogue, as decode runs it) is timed through the
-tensor-core GEMV (`kernels/mma_gemv.py`, both kinds of operands unless --operands says) over
+every Q4_K and Q6_K shape (gate/up through the gated epilogue, as decode runs it) is timed
+through the tensor-core GEMV (`kernels/mma_gemv.py`, every kind of operands that multiplies the
+format unless --operands says) over
 its grid against the Triton GEMV at its tuned tiles, and the table records the shapes where a
 tensor-core GEMV is faster (those it lacks stay on Triton); the GPU's current table's config of
 each shape is timed as well. Timing is of a
@@ -63,6 +64,8 @@ def main():
     ap.add_argument("--kernel", choices=("triton", "mma"), default="triton")
     ap.add_argument("--operands", default="f16,i8",
                     help="--kernel mma: the tensor-core GEMVs to sweep (mma_gemv.SOURCES)")
+    ap.add_argument("--types", help="only these GGML types, e.g. Q6_K (the table written "
+                                     "holds only their shapes)")
     ap.add_argument("--once", nargs=3, metavar=("TYPE", "ROWS", "COLS"),
                     help="run one GEMV of a random TYPE weight with the default config, for a "
                          "profiler (ncu -k regex:_qgemv_kernel)")
@@ -82,7 +85,7 @@ def main():
     seen, table = set(), {}
     for mix in args.mix.split(","):
         for kind, qtype, rows, cols in decode_products(tensor_types(shape, mix), shape.n_layer):
-            if (qtype, rows, cols) in seen:
+            if (qtype, rows, cols) in seen or not wanted(args, qtype):
                 continue
             seen.add((qtype, rows, cols))
             w, copies, x = random_inputs(rng, qtype, rows, cols)
@@ -110,14 +113,19 @@ def main():
             write_table(args.write_table, table)
 
 
+def wanted(args, qtype: T) -> bool:
+    return not args.types or qtype.name in args.types.split(",")
+
+
 def sweep_mma(args):
-    """The tensor-core Q4_K GEMV against the Triton one, per Q4_K decode shape."""
+    """The tensor-core K-quant GEMVs against the Triton one, per Q4_K and Q6_K decode shape."""
     shape, rng, table, seen = SHAPES[args.shape], np.random.default_rng(0), {}, set()
     for kind, qtype, rows, cols in decode_products(tensor_types(shape, "Q4_K_M"), shape.n_layer):
         gated = kind == "ffn_gate+ffn_up"
-        if qtype != T.Q4_K or (rows, cols, gated) in seen:
+        if (qtype not in (T.Q4_K, T.Q6_K) or (qtype, rows, cols, gated) in seen
+                or not wanted(args, qtype)):
             continue
-        seen.add((rows, cols, gated))
+        seen.add((qtype, rows, cols, gated))
         w, copies, x = random_inputs(rng, qtype, rows, cols)
         tiles = gemv_config(w, sm_count(x.device))
         act = ARCHITECTURES[shape.arch].ffn_act if gated else None
@@ -126,20 +134,22 @@ def sweep_mma(args):
             else (lambda v: qgemv(x, v, config=tiles))))
         configs = []
         for operands in args.operands.split(","):
+            if w.fmt.name not in mma_gemv.FORMATS[operands]:
+                continue
             # the i8 kernel's four row blocks spill registers
             row_blocks_grid = (1, 2) if operands == "i8" else (1, 2, 4)
             for warps, row_blocks, split, k_warps in itertools.product(
                     (2, 4, 8), row_blocks_grid, (1, 2, 4), (1, 2, 4, 8)):
                 # K split by blocks (a second kernel adds their sums) or by a block's warps
                 cfg = mma_gemv.MmaConfig(warps, row_blocks, split, k_warps, operands)
-                if (cfg.fits(w, gated) and w.tiles >= 2 * split * k_warps and k_warps <= warps
+                if (cfg.fits(w, gated) and cols // 256 >= 2 * split * k_warps and k_warps <= warps
                         and (split == 1 or k_warps == 1)):
                     configs.append(cfg)
-        key = f"q4_k{' gated' if gated else ''} {rows} {cols}"
+        key = mma_gemv.table_key(w.fmt.name, gated, rows, cols)
         shipped = tuning_table(mma_gemv.TABLE_ENV, ".mma.json").get(key)
         if shipped and mma_gemv.MmaConfig(*shipped) not in configs:  # --operands left it out
             configs.append(mma_gemv.MmaConfig(*shipped))
-        prebuild(x.device, configs, mma_gemv.ACT_CODES[act])
+        prebuild(x.device, configs, mma_gemv.ACT_CODES[act], w.fmt.name)
         results = sorted(((graph_gbs(copies, lambda v: mma_gemv.gemv(x, v, act=act, config=cfg)),
                            cfg) for cfg in configs), key=lambda r: -r[0])
         best_gbs, best = results[0]
@@ -153,10 +163,10 @@ def sweep_mma(args):
         write_table(args.write_table, table)
 
 
-def prebuild(device, configs, act: int):
+def prebuild(device, configs, act: int, fmt: str):
     """nvcc takes a second or so a kernel and a shape's grid holds dozens: build them on every
     core first (the cubin cache then serves the sweep)."""
-    jobs = [mma_gemv.build_args(device, cfg, act, pdl_enabled(device)) for cfg in configs]
+    jobs = [mma_gemv.build_args(device, cfg, act, pdl_enabled(device), fmt) for cfg in configs]
     with ThreadPoolExecutor(os.cpu_count()) as pool:
         list(pool.map(lambda job: cuda_driver.compile_cubin(*job), jobs))
 
