@@ -1,11 +1,12 @@
-"""Instructions a weight value in the tensor-core Q4_K GEMVs' main loop, from their sm_90 SASS.
+"""Instructions a weight value in the tensor-core K-quant GEMVs' main loop, from their sm_90 SASS.
 
     python benchmarks/sass_loop.py [--config 8/2/1/1] [--act silu] [--arch sm_90]
 
 Needs nvcc and cuobjdump (CUDA_HOME, or the copy Triton ships), no GPU. Compiles each kernel of
 `mma_gemv.SOURCES` as the launcher would, finds the innermost loop holding its mma
 instructions, and divides the loop's instructions by the weight values its mmas take a lane:
-128 a warp an `HMMA.16816` (f16: 8 weight rows x 16), 512 an `IMMA.16832` (i8: 16 rows x 32).
+128 a warp an `HMMA.16816` (f16: 8 weight rows x 16), 512 an `IMMA.16832` (i8 Q4_K: 16 rows x
+32), 256 an `IMMA.16816` (i8 Q6_K: 16 rows x 16).
 Stop 19 found the f16 GEMV held by this count, not by its loads (reports/gpu-h100-fast-path),
 so it is the figure to lower between GPU runs; `impdiff bench` is the one that decides.
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from impdiff.kernels import cuda_driver, mma_gemv
 
-VALUES_PER_MMA = {"HMMA": 128, "IMMA": 512}
+VALUES_PER_MMA = {"HMMA.16816": 128, "IMMA.16832": 512, "IMMA.16816": 256}
 _LINE = re.compile(r"\s+/\*([0-9a-f]+)\*/\s+(.*?)\s*;")
 
 
@@ -40,8 +41,9 @@ def cuobjdump() -> str:
     return found
 
 
-def opcode(text: str) -> str:
-    return re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[0]
+def opcode(text: str, shape: bool = False) -> str:
+    """The instruction's name (with `shape`, its first suffix too: an mma's shape)."""
+    return ".".join(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[:2 if shape else 1])
 
 
 def loop_mix(sass: str) -> tuple[int, collections.Counter]:
@@ -52,12 +54,13 @@ def loop_mix(sass: str) -> tuple[int, collections.Counter]:
         jump = re.search(r"BRA (0x[0-9a-f]+)", text)
         if jump and int(jump.group(1), 16) < at:
             body = [t for a, t in code if int(jump.group(1), 16) <= a <= at]
-            if any(opcode(t) in VALUES_PER_MMA for t in body) and (best is None
-                                                                  or len(body) < len(best)):
+            if any(opcode(t, True) in VALUES_PER_MMA for t in body) and (
+                    best is None or len(body) < len(best)):
                 best = body
     if best is None:
         raise SystemExit("sass_loop: no loop with mma instructions in the kernel")
-    return len(best), collections.Counter(opcode(t) for t in best)
+    values = sum(VALUES_PER_MMA.get(opcode(t, True), 0) for t in best) / 32
+    return len(best), values, collections.Counter(opcode(t) for t in best)
 
 
 def main():
@@ -69,19 +72,20 @@ def main():
     args = ap.parse_args()
     warps, row_blocks, split_k, k_warps = map(int, args.config.split("/"))
     act = mma_gemv.ACT_CODES[None if args.act == "none" else args.act]
-    for operands, source in mma_gemv.SOURCES.items():
+    for operands, fmt in ((kind, fmt) for kind, fmts in mma_gemv.FORMATS.items()
+                          for fmt in fmts):
+        source = mma_gemv.SOURCES[operands]
         cfg = mma_gemv.MmaConfig(warps, row_blocks, split_k, k_warps, operands)
         defines = dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps, PDL=1,
-                       ACT=act)
+                       ACT=act, Q6K=int(fmt == "q6_k"))
         with tempfile.TemporaryDirectory() as tmp:
             cubin = Path(tmp) / "k.cubin"
             cubin.write_bytes(cuda_driver.compile_cubin(source, args.arch, defines))
             sass = subprocess.run([cuobjdump(), "-sass", str(cubin)], capture_output=True,
                                   text=True, check=True).stdout
-        length, mix = loop_mix(sass)
-        values = sum(mix[op] * n for op, n in VALUES_PER_MMA.items()) / 32
+        length, values, mix = loop_mix(sass)
         top = ", ".join(f"{op} {n}" for op, n in mix.most_common(8))
-        print(f"{operands} {args.config} act={args.act}: loop of {length} instructions over "
+        print(f"{operands} {fmt} {args.config} act={args.act}: loop of {length} instructions over "
               f"{values:.0f} weight values a lane: {length / values:.2f} a value ({top})")
 
 
