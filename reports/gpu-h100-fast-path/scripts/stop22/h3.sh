@@ -6,29 +6,34 @@
 # it ships; greedy tokens of each and the profile.
 source benchmarks/device_env.sh
 nvidia-smi --query-gpu=name --format=csv,noheader | tee $OUT/h3_gpu.txt
-grep -q H100 $OUT/h3_gpu.txt || export IMPDIFF_GEMV_TABLE=$PWD/kernels/tuning/NVIDIA_H100_80GB_HBM3.json IMPDIFF_MMA_TABLE=$PWD/kernels/tuning/NVIDIA_H100_80GB_HBM3.mma.json BW=4800
+grep -q H100 $OUT/h3_gpu.txt || BW=4800  # (every tree below runs on its own H100 tables)
 [ -f /tmp/l8q4.gguf ] || python -m impdiff.testing.shapes llama3-8b Q4_K_M /tmp/l8q4.gguf > /dev/null &
 export IMPDIFF_SYNTHETIC_DIR=$PWD/.carry/synth
+grep -q H100 $OUT/h3_gpu.txt || export IMPDIFF_MMA_TABLE=$PWD/kernels/tuning/NVIDIA_H100_80GB_HBM3.mma.json
 timeout 150 python -m pytest -q -p no:cacheprovider tests/test_mma_gemv.py tests/test_kernels.py \
   -k "test_mma_gemv or fast_model or greedy or dependent or gpu_tap" --tb=short 2>&1 | tail -12 | tee $OUT/h3_tests.txt
 echo '{}' > /tmp/empty.json
 IMPDIFF_MMA_TABLE=/tmp/empty.json timeout 80 python -m pytest -q -p no:cacheprovider tests/test_kernels.py \
   -k "fast_model or greedy or dependent" --tb=short 2>&1 | tail -6 | sed "s/^/no table: /" | tee -a $OUT/h3_tests.txt
 wait
+unset IMPDIFF_MMA_TABLE
 rm -rf /tmp/base /tmp/nonorm && mkdir -p /tmp/base /tmp/nonorm && tar -x -C /tmp/base -f .carry/base.tar && tar -x -C /tmp/nonorm -f .carry/head.tar
 sed -i 's/    if mma and mma_gemv.takes_norm(/    if False and mma_gemv.takes_norm(/' /tmp/nonorm/kernels/quant_matmul.py
 grep -c "if False and" /tmp/nonorm/kernels/quant_matmul.py | sed "s/^/nonorm patched: /" | tee -a $OUT/h3_bench.txt
 BENCH="bench -m /tmp/l8q4.gguf --device cuda --runtimes engine -p 0 -n 128 -r 3 --bandwidth ${BW:-3350}"
-tree() { local d=$1; shift; (cd $d && source benchmarks/device_env.sh && IMPDIFF_MMA_TABLE=${IMPDIFF_MMA_TABLE:-$d/kernels/tuning/NVIDIA_H100_80GB_HBM3.mma.json} IMPDIFF_GEMV_TABLE=${IMPDIFF_GEMV_TABLE:-$d/kernels/tuning/NVIDIA_H100_80GB_HBM3.json} "$@"); }
+tree() { local d=$1; shift; (cd $d && source benchmarks/device_env.sh && IMPDIFF_MMA_TABLE=$d/kernels/tuning/NVIDIA_H100_80GB_HBM3.mma.json IMPDIFF_GEMV_TABLE=$d/kernels/tuning/NVIDIA_H100_80GB_HBM3.json "$@"); }
 for round in 1 2; do
   tree /tmp/base impdiff $BENCH 2>&1 | grep -E "tg128|rror" | sed "s/^/stop21 /" | tee -a $OUT/h3_bench.txt
   tree /tmp/nonorm impdiff $BENCH 2>&1 | grep -E "tg128|rror" | sed "s/^/q6k-i8 norm-kernel /" | tee -a $OUT/h3_bench.txt
-  impdiff $BENCH 2>&1 | grep -E "tg128|rror" | sed "s/^/q6k-i8 norm-in-gemv /" | tee -a $OUT/h3_bench.txt
+  tree $PWD impdiff $BENCH 2>&1 | grep -E "tg128|rror" | sed "s/^/q6k-i8 norm-in-gemv /" | tee -a $OUT/h3_bench.txt
 done
 G=reports/gpu-h100-fast-path/scripts/stop18/greedy.py
 tree /tmp/base timeout 60 python $G /tmp/l8q4.gguf $OUT/h3_greedy_base.json > /dev/null 2>&1
 tree /tmp/nonorm timeout 60 python $G /tmp/l8q4.gguf $OUT/h3_greedy_nonorm.json > /dev/null 2>&1
-timeout 60 python $G /tmp/l8q4.gguf $OUT/h3_greedy_new.json > /dev/null 2>&1
+tree $PWD timeout 60 python $G /tmp/l8q4.gguf $OUT/h3_greedy_new.json > /dev/null 2>&1
 for v in nonorm new; do cmp -s $OUT/h3_greedy_base.json $OUT/h3_greedy_$v.json && echo "greedy $v: identical to stop 21's" || echo "greedy $v: differs from stop 21's"; done | tee $OUT/h3_greedy.txt
 cmp -s $OUT/h3_greedy_nonorm.json $OUT/h3_greedy_new.json && echo "greedy new: identical to nonorm" | tee -a $OUT/h3_greedy.txt
-timeout 100 python benchmarks/profile_decode.py /tmp/l8q4.gguf --graph 2>&1 | grep -v Warn | head -18 | tee $OUT/h3_profile.txt
+tree $PWD timeout 100 python benchmarks/profile_decode.py /tmp/l8q4.gguf --graph 2>&1 | grep -v Warn | head -18 | tee $OUT/h3_profile.txt
+# where stop 21's greedy tokens and this stop's part (h2: step 12), the top two logits' gap
+for t in base nonorm; do tree /tmp/$t timeout 60 python $PWD/reports/gpu-h100-fast-path/scripts/stop22/margin.py /tmp/l8q4.gguf $OUT/h3_greedy_base.json 12 2>&1 | tail -1 | sed "s/^/$t: /" | tee -a $OUT/h3_margin.txt; done
+IMPDIFF_GEMV=triton tree $PWD timeout 60 python reports/gpu-h100-fast-path/scripts/stop22/margin.py /tmp/l8q4.gguf $OUT/h3_greedy_base.json 12 2>&1 | tail -1 | sed "s/^/triton: /" | tee -a $OUT/h3_margin.txt
