@@ -26,8 +26,7 @@ import torch
 from ..kernels.activation import gated_activation
 from ..kernels.attention import attention, decode_splits
 from ..kernels.norm_rope import residual_norm, rope, rope_qkv
-from ..kernels.quant_matmul import (PackedWeight, concat_rows, qgemv, qgemv_gated,
-                                    qgemv_residual_norm, qmatmul)
+from ..kernels.quant_matmul import PackedWeight, concat_rows, qgemv, qgemv_gated, qmatmul
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_file import GGUFFile
@@ -144,14 +143,14 @@ class FastTransformer:
         h = emit(tap, "attn_norm", 0, h)
         for i, w in enumerate(self.layers):
             a = self.attention(i, h, positions, tap)
-            x, h = self.residual(x, a, w.wo, w.attn_post_norm, w.ffn_norm, tap,
-                                 (("attn_out", i), ("attn_post_norm", i), ("ffn_inp", i),
-                                  ("ffn_norm", i)))
+            a = emit(tap, "attn_out", i, qmatmul(a, w.wo))
+            x, h = self.residual(x, a, w.attn_post_norm, w.ffn_norm, tap,
+                                 (("attn_post_norm", i), ("ffn_inp", i), ("ffn_norm", i)))
             f = self.mlp(i, h, tap)
             last = i == cfg.n_layer - 1
             norm = self.output_norm if last else self.layers[i + 1].attn_norm
-            x, h = self.residual(x, f, w.down, w.ffn_post_norm, norm, tap,
-                                 (("ffn_out", i), ("ffn_post_norm", i), ("l_out", i),
+            x, h = self.residual(x, f, w.ffn_post_norm, norm, tap,
+                                 (("ffn_post_norm", i), ("l_out", i),
                                   ("result_norm", GLOBAL) if last else ("attn_norm", i + 1)))
         if last_only:
             h = h[-1:]
@@ -160,17 +159,12 @@ class FastTransformer:
             logits = softcap(logits, cfg.final_logit_softcap)
         return emit(tap, "result_output", GLOBAL, logits)
 
-    def residual(self, x, a, weight, post_norm, norm, tap, names):
-        """x + post_norm(a W^T), and its norm: the product and one kernel (one token: the
-        GEMV's last block, where it can), or steps that each show a tap."""
+    def residual(self, x, h, post_norm, norm, tap, names):
+        """x + post_norm(h), and its norm: one kernel, or three steps that each show a tap."""
         eps = self.cfg.rms_eps
-        (out_name, o), (post_name, i), (sum_name, j), (norm_name, k) = names
-        if tap is None and post_norm is None and a.shape[0] == 1:
-            x, y = qgemv_residual_norm(a[0], weight, x[0], norm, eps)
-            return x[None], y[None]
-        h = emit(tap, out_name, o, qmatmul(a, weight))
         if tap is None:
             return residual_norm(x, norm, eps, h, post_norm)
+        (post_name, i), (sum_name, j), (norm_name, k) = names
         if post_norm is not None:
             h = emit(tap, post_name, i, residual_norm(h, post_norm, eps)[1])
         x = emit(tap, sum_name, j, x + h)
@@ -204,15 +198,16 @@ class FastTransformer:
         return emit(tap, "kqv_out", i, out.reshape(T, L.n_head * d))
 
     def mlp(self, i: int, h: torch.Tensor, tap: TapFn | None) -> torch.Tensor:
-        """The FFN's activation, the input of ffn_down (`residual` multiplies it)."""
         w, act = self.layers[i], self.cfg.spec.ffn_act
         if tap is None and h.shape[0] == 1 and len(w.gate_up) == 1:
-            return qgemv_gated(h[0], w.gate_up[0], act)[None]  # the activation in its epilogue
+            a = qgemv_gated(h[0], w.gate_up[0], act)[None]  # the activation in its epilogue
+            return qmatmul(a, w.down)
         gate, up = _project(h, w.gate_up).chunk(2, dim=-1)
         if tap is None:
-            return gated_activation(act, gate, up)
+            return qmatmul(gated_activation(act, gate, up), w.down)
         gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
-        return emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+        a = emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+        return emit(tap, "ffn_out", i, qmatmul(a, w.down))
 
 
 def _project(h: torch.Tensor, weights: list[PackedWeight]) -> torch.Tensor:

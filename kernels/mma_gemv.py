@@ -129,24 +129,21 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 def build_args(device: torch.device, cfg: MmaConfig, act: int, pdl: bool,
-               fmt: str = "q4_k", norm: bool = False) -> tuple[Path, str, dict[str, int]]:
-    """What `cuda_driver.compile_cubin` builds for `cfg` and format `fmt` (with `norm`, the
-    residual add and RMSNorm in the last block) on `device` (a sweep compiles many configs in
-    parallel before it times them)."""
+               fmt: str = "q4_k") -> tuple[Path, str, dict[str, int]]:
+    """What `cuda_driver.compile_cubin` builds for `cfg` and format `fmt` on `device` (a sweep
+    compiles many configs in parallel before it times them)."""
     major, minor = _capability(device)
     defines = dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps,
                    PDL=int(pdl), ACT=act)
     if fmt == "q6_k":
         defines["Q6K"] = 1
-    if norm:
-        defines["NORM"] = 1
     return SOURCES[cfg.operands], f"sm_{major}{minor}", defines
 
 
 @functools.cache
 def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool,
-            fmt: str = "q4_k", norm: bool = False) -> cuda_driver.Kernel:
-    source, arch, defines = build_args(device, cfg, act, pdl, fmt, norm)
+            fmt: str = "q4_k") -> cuda_driver.Kernel:
+    source, arch, defines = build_args(device, cfg, act, pdl, fmt)
     return cuda_driver.Kernel(cuda_driver.compile_cubin(source, arch, defines), source.stem,
                               device)
 
@@ -191,41 +188,12 @@ def _builds(device: torch.device, cfg: MmaConfig, act: str | None, fmt: str) -> 
         return False
 
 
-@dataclass(frozen=True)
-class NormAfter:
-    """What the i8 kernel's last block does after the product h = W x: x_out = x + h, y =
-    rms_norm(x_out) * weight (the engine's residual_norm for one token)."""
-
-    x: torch.Tensor
-    weight: torch.Tensor
-    eps: float
-    x_out: torch.Tensor
-    y: torch.Tensor
-
-
-def takes_norm(cfg: MmaConfig, w, *vectors: torch.Tensor) -> bool:
-    """Whether the kernel of `cfg` can end with NormAfter over `vectors`: the i8 kernel in one
-    split over K, the vectors read four values at a time."""
-    return (cfg.operands == "i8" and cfg.split_k == 1 and w.n % 4 == 0
-            and all(v.is_contiguous() and v.data_ptr() % 16 == 0 for v in vectors))
-
-
-@functools.cache
-def _counter(device: torch.device) -> torch.Tensor:
-    """The i8 kernel's count of finished blocks (NormAfter), zero between launches: its last
-    block resets it, and launches on a stream run in order."""
-    return torch.zeros(1, dtype=torch.int32, device=device)
-
-
 def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
-         act: str | None = None, norm: NormAfter | None = None) -> torch.Tensor:
+         act: str | None = None) -> torch.Tensor:
     """W x for one token with `config` (`choose`'s, or a sweep's), x [k] float32 -> [n]
     float32; with `act`, W = [gate; up] and the result is act(gate) * up [n / 2]. A split K
-    adds its partial sums in a fixed order. With `norm` (`takes_norm`), the residual add and
-    norm after the product too."""
+    adds its partial sums in a fixed order."""
     gated, cfg = act is not None, config
-    assert norm is None or (not gated and takes_norm(cfg, w, norm.x, norm.weight, norm.x_out,
-                                                     norm.y)), f"{cfg} ends with no norm"
     assert cfg.fits(w, gated), f"{cfg} does not cover {w.n} rows{' gated' if gated else ''}"
     assert cfg.takes(x), f"{cfg} needs x at a 16-byte boundary"
     assert w.fmt.name in FORMATS[cfg.operands], f"{cfg.operands} does not multiply {w.fmt.name}"
@@ -242,7 +210,7 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
         partial = out.view(1, rows_out)
     pdl = pdl_enabled(x.device)
     q6k = w.fmt.name == "q6_k"
-    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl, w.fmt.name, norm is not None)
+    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl, w.fmt.name)
     shared = per_split * SHARED_PER_TILE[cfg.operands + (" q6_k" if q6k else "")] + (
         cfg.warps * cfg.row_blocks * ROWS_PER_BLOCK[cfg.operands] * 4 if cfg.k_warps > 1 else 0)
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
@@ -254,9 +222,7 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
            *((w.q.stride(0), w.s.stride(0), w.b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
               F16_1024) if cfg.operands == "f16" else
              (w.q.stride(0), w.s.stride(0), (w.h if q6k else w.b).stride(0),
-              w.sd.stride(0) // 2, float(w.alpha),
-              *((norm.x, norm.x_out, norm.weight, norm.y, _counter(x.device), float(norm.eps))
-                if norm else (x, partial, x, partial, x, 0.0)))), pdl=pdl)
+              w.sd.stride(0) // 2, float(w.alpha))), pdl=pdl)
     if splits == 1:
         return partial.view(rows_out)
     return torch.sum(partial, dim=0, out=out)

@@ -42,10 +42,9 @@ import triton.language as tl
 from . import mma_gemv
 from .activation import ACTIVATIONS, activate, gated_activation
 from .launch import pdl_options, release_dependents, sm_count, tuning_table, wait_inputs
-from .norm_rope import residual_norm
 
-__all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated",
-           "qgemv_residual_norm", "dequantize", "qmatmul", "dequantize_reference"]
+__all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated", "dequantize",
+           "qmatmul", "dequantize_reference"]
 
 
 @dataclass(frozen=True)
@@ -552,21 +551,6 @@ def qgemv_gated(x: torch.Tensor, w: PackedWeight, act: str,
     _launch_gemv(x, w, cfg, out, triton.cdiv(half, cfg.block_n // 2), w.tiles, 1,
                  _even(w, cfg, half, cfg.block_n // 2), act=ACTIVATIONS[act])
     return out
-
-
-def qgemv_residual_norm(a: torch.Tensor, w: PackedWeight, x: torch.Tensor,
-                        norm_weight: torch.Tensor, eps: float
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(x + W a, rms_norm(x + W a) * norm_weight) for one token, a [k] and x [n] float32: the
-    projection that ends an attention or FFN block, the residual add and the next norm. On
-    the i8 tensor-core GEMV the norm runs in its last block (no kernel and dependent launch
-    of its own); elsewhere the GEMV and `residual_norm`."""
-    mma = mma_gemv.choose(a, w)
-    x_out, y = torch.empty_like(x), torch.empty_like(x)
-    if mma and mma_gemv.takes_norm(mma, w, x, norm_weight, x_out, y):
-        mma_gemv.gemv(a, w, mma, norm=mma_gemv.NormAfter(x, norm_weight, eps, x_out, y))
-        return x_out, y
-    return residual_norm(x, norm_weight, eps, qgemv(a, w))
 
 
 def dequantize(w: PackedWeight, dtype: torch.dtype = torch.float16) -> torch.Tensor:

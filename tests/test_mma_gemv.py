@@ -16,7 +16,6 @@ from impdiff.engine.packed import pack_gguf
 from impdiff.kernels import cuda_driver, mma_gemv
 from impdiff.kernels.activation import gated_activation
 from impdiff.kernels.launch import tuning_table
-from impdiff.kernels.norm_rope import residual_norm
 from impdiff.kernels.quant_matmul import dequantize_reference, qgemv, qgemv_gated
 from impdiff.testing.shapes import _random_blocks
 from .test_quants import T
@@ -36,16 +35,14 @@ def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.skipif(cuda_driver.nvcc_path() is None, reason="no nvcc")
-@pytest.mark.parametrize("operands", ["f16", "i8", "i8 q6_k", "i8 norm"])
+@pytest.mark.parametrize("operands", ["f16", "i8", "i8 q6_k"])
 @pytest.mark.parametrize("act,k_warps", [(0, 1), (1, 1), (2, 1), (0, 4), (1, 2)])
 def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act, k_warps, operands):
     monkeypatch.setenv(cuda_driver.CACHE_ENV, str(tmp_path))
     kind, *fmt = operands.split()
     source = mma_gemv.SOURCES[kind]
-    if "norm" in fmt and act:
-        pytest.skip("the norm follows a plain product")
     defines = dict(WARPS=8, ROW_BLOCKS=2, ACT=act, KSPLIT=k_warps, PDL=1,
-                   Q6K=int("q6_k" in fmt), NORM=int("norm" in fmt))
+                   Q6K=int("q6_k" in fmt))
     image = cuda_driver.compile_cubin(source, "sm_90", defines)
     assert image[:4] == b"\x7fELF"
     assert list(tmp_path.glob("*.cubin")), "the cubin is cached"
@@ -185,40 +182,6 @@ def test_gated_epilogue_matches_reference(act, config, operands, qtype):
     expected = gated_activation(act, y[None, :1028], y[None, 1028:])[0].double().cpu()
     got = mma_gemv.gemv(x, w, act=act, config=mma_gemv.MmaConfig(*config, operands=operands))
     assert _rel_err(got, expected) < 2e-6
-
-
-@needs_gpu
-@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
-@pytest.mark.parametrize("config", [(8, 1, 1, 8), (8, 2, 1, 8), (4, 1, 1, 2), (4, 2, 1, 1)],
-                         ids=lambda c: "/".join(map(str, c)))
-def test_norm_in_the_last_block_matches_the_norm_kernel(qtype, config):
-    """NormAfter: x + W a and its RMSNorm from the i8 kernel's last block, against the product
-    and residual_norm; again and again (the count of finished blocks returns to zero), and in
-    a graph."""
-    w = _q4k(1032, 2048, "cuda", seed=11, qtype=qtype)  # a partial last row block
-    g = torch.Generator("cuda").manual_seed(12)
-    a = torch.randn(2048, device="cuda", generator=g)
-    x = torch.randn(1032, device="cuda", generator=g)
-    weight = torch.rand(1032, device="cuda", generator=g) + 0.5
-    cfg = mma_gemv.MmaConfig(*config, operands="i8")
-    expected_x, expected_y = residual_norm(x, weight, 1e-5, mma_gemv.gemv(a, w, cfg))
-    x_out, y = torch.empty_like(x), torch.empty_like(x)
-
-    def fused():
-        mma_gemv.gemv(a, w, cfg, norm=mma_gemv.NormAfter(x, weight, 1e-5, x_out, y))
-
-    for _ in range(3):
-        x_out.zero_(), y.zero_()
-        fused()
-        assert torch.equal(x_out, expected_x)  # the same kernel's product, the same add
-        assert _rel_err(y, expected_y.double().cpu()) < 1e-6  # sums in another order
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fused()
-    x_out.zero_(), y.zero_()
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(x_out, expected_x) and _rel_err(y, expected_y.double().cpu()) < 1e-6
 
 
 @pytest.fixture

@@ -52,10 +52,6 @@
 #ifndef Q6K
 #define Q6K 0
 #endif
-#ifndef NORM
-#define NORM 0  // the step's residual add and RMSNorm after the product, in its last block
-#endif
-static_assert(!(NORM && ACT), "the norm follows a plain product");
 
 __device__ __forceinline__ void imma(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                      uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -145,44 +141,12 @@ __device__ __forceinline__ Rows load_rows(const Base& a, int tt, uint64_t pol) {
   return r;
 }
 
-// x_out = x + h and y = x_out / rms(x_out) * w over n values (n % 4 == 0), by one block: the
-// engine's residual_norm (kernels/norm_rope.py) for one token. h is the grid's product: read
-// from L2, where the other blocks' stores are.
-__device__ __forceinline__ void residual_norm(const float* h, const float* x, float* x_out,
-                                              const float* w, float* y, int n, float eps) {
-  __shared__ float warp_sums[WARPS];
-  float ss = 0.0f;
-  for (int i = threadIdx.x; i < n / 4; i += WARPS * 32) {
-    const float4 a = reinterpret_cast<const float4*>(x)[i];
-    const float4 b = __ldcg(reinterpret_cast<const float4*>(h) + i);
-    const float4 v = make_float4(a.x + b.x, a.y + b.y, a.z + b.z, a.w + b.w);
-    reinterpret_cast<float4*>(x_out)[i] = v;
-    ss += v.x * v.x + v.y * v.y + v.z * v.z + v.w * v.w;
-  }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(FULL, ss, o);
-  if ((threadIdx.x & 31) == 0) warp_sums[threadIdx.x >> 5] = ss;
-  __syncthreads();
-  ss = 0.0f;
-#pragma unroll
-  for (int k = 0; k < WARPS; k++) ss += warp_sums[k];
-  const float inv = 1.0f / sqrtf(ss / n + eps);
-  for (int i = threadIdx.x; i < n / 4; i += WARPS * 32) {
-    const float4 v = reinterpret_cast<const float4*>(x_out)[i];
-    const float4 g = reinterpret_cast<const float4*>(w)[i];
-    reinterpret_cast<float4*>(y)[i] =
-        make_float4(v.x * inv * g.x, v.y * inv * g.y, v.z * inv * g.z, v.w * inv * g.w);
-  }
-}
-
 extern "C" __global__ void __launch_bounds__(WARPS * 32)
 kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
                  const uint32_t* __restrict__ q, const uint8_t* __restrict__ s,
                  const void* __restrict__ b, const uint32_t* __restrict__ sd, int n, int tiles,
                  int tiles_per_split, int stride_q, int stride_s, int stride_b, int stride_sd,
-                 float alpha, const float* __restrict__ resid, float* __restrict__ resid_out,
-                 const float* __restrict__ norm_w, float* __restrict__ normed,
-                 unsigned* __restrict__ counter, float eps) {
+                 float alpha) {
   extern __shared__ uint4 smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int t_lo = blockIdx.y * tiles_per_split;
@@ -412,19 +376,4 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   }
   if (task + w.stride < w.count) start(task + w.stride);
   }
-#if NORM
-  // the last block to finish adds the product into the residual stream and norms it: the
-  // step's norm without a kernel (and a dependent launch) of its own. Each block's stores go
-  // before its ticket, and the last one reads them after all tickets (counter: zero between
-  // launches, which run in stream order)
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) last = atomicAdd(counter, 1u) == gridDim.x * gridDim.y - 1;
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  residual_norm(out, resid, resid_out, norm_w, normed, n, eps);
-  if (threadIdx.x == 0) *counter = 0;
-#endif
 }
