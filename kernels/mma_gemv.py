@@ -154,9 +154,9 @@ def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
     benchmarks/gemv_sweep.py --kernel mma only where a tensor-core kernel was faster), else,
     with no table for the GPU, the gated gate/up product (the largest of a decode step) on the
     i8 kernel at its H100 config, four warps sharing each task two ways over K, and every
-    Q6_K product on it at a config within 5% of the H100's best for the 8B shape's output
-    and ffn_down (the Triton GEMV reads Q6_K's split planes at 0.75-0.86 of its speed:
-    stop 22's sweep)."""
+    Q6_K product on it at a config within 2% and 7% of the H100's best for the 8B shape's
+    output and ffn_down (the Triton GEMV reads Q6_K's split planes at 0.72-0.86 of the i8
+    kernel's speed: stop 22's sweep)."""
     gated = act is not None
     if not supported(x, w):
         return None
