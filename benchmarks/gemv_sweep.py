@@ -134,7 +134,7 @@ def sweep_mma(args):
             else (lambda v: qgemv(x, v, config=tiles))))
         configs = []
         for operands in args.operands.split(","):
-            if w.fmt.name not in mma_gemv.FORMATS[operands]:
+            if w.fmt.name not in mma_gemv.MULTIPLIES[operands]:
                 continue
             # the i8 kernel's four row blocks spill registers
             row_blocks_grid = (1, 2) if operands == "i8" else (1, 2, 4)

@@ -72,7 +72,7 @@ def main():
     args = ap.parse_args()
     warps, row_blocks, split_k, k_warps = map(int, args.config.split("/"))
     act = mma_gemv.ACT_CODES[None if args.act == "none" else args.act]
-    for operands, fmt in ((kind, fmt) for kind, fmts in mma_gemv.FORMATS.items()
+    for operands, fmt in ((kind, fmt) for kind, fmts in mma_gemv.MULTIPLIES.items()
                           for fmt in fmts):
         source = mma_gemv.SOURCES[operands]
         cfg = mma_gemv.MmaConfig(warps, row_blocks, split_k, k_warps, operands)

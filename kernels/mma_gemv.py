@@ -33,7 +33,8 @@ from .launch import pdl_enabled, sm_count, tuning_table
 
 SOURCES = {"f16": Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu",
            "i8": Path(__file__).parent / "cuda" / "kquant_imma_gemv.cu"}
-FORMATS = {"f16": ("q4_k",), "i8": ("q4_k", "q6_k")}  # what each kind of operands multiplies
+# the formats each kind of operands multiplies
+MULTIPLIES = {"f16": ("q4_k",), "i8": ("q4_k", "q6_k")}
 KERNEL_ENV = "IMPDIFF_GEMV"
 # {"q4_k gated 28672 4096": [warps, row_blocks, split_k(, k_warps(, operands))], ...}
 TABLE_ENV = "IMPDIFF_MMA_TABLE"
@@ -105,7 +106,7 @@ def i8_reference(x: torch.Tensor, w) -> torch.Tensor:
 def supported(x: torch.Tensor, w) -> bool:
     """Whether these kernels run `w` x: a Q4_K or Q6_K weight whose planes they can address,
     on a GPU of compute capability 8.0 or later with nvcc at hand."""
-    if (w.fmt.name not in FORMATS["i8"] or not x.is_cuda
+    if (w.fmt.name not in MULTIPLIES["i8"] or not x.is_cuda
             or os.environ.get(KERNEL_ENV) == "triton"):
         return False
     q6k = w.fmt.name == "q6_k"
@@ -167,7 +168,7 @@ def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
     else:
         tuned = table.get(table_key(w.fmt.name, gated, w.n, w.k))
         cfg = MmaConfig(*tuned) if tuned else None
-    return (cfg if cfg and w.fmt.name in FORMATS[cfg.operands] and cfg.fits(w, gated)
+    return (cfg if cfg and w.fmt.name in MULTIPLIES[cfg.operands] and cfg.fits(w, gated)
             and cfg.takes(x) and _builds(x.device, cfg, act, w.fmt.name) else None)
 
 
@@ -196,7 +197,7 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
     gated, cfg = act is not None, config
     assert cfg.fits(w, gated), f"{cfg} does not cover {w.n} rows{' gated' if gated else ''}"
     assert cfg.takes(x), f"{cfg} needs x at a 16-byte boundary"
-    assert w.fmt.name in FORMATS[cfg.operands], f"{cfg.operands} does not multiply {w.fmt.name}"
+    assert w.fmt.name in MULTIPLIES[cfg.operands], f"{cfg.operands} takes no {w.fmt.name}"
     supers = w.k // 256
     per_split = -(-supers // cfg.split_k)
     splits = -(-supers // per_split)

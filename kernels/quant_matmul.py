@@ -13,7 +13,8 @@ planes, per row of the weight (`PackedWeight`):
   as G words: field j of word w of tile t is value (P*t + j)*G + w. Unpacking field j of a
   run of words thus yields a run of consecutive values of one group, so the GEMV reads the
   activations with the same vector width and thread layout as the weight words (no trip
-  through shared memory), and one group's scale serves a whole field. A row is padded to whole tiles (zero scales).
+  through shared memory), and one group's scale serves a whole field. A row is padded to whole
+  tiles (zero scales).
 * ``s``, ``b``: the group scale and offset, fp16 (SCALE/BIAS 1) or the stored integer (2: the
   K-quants, whose scale is that integer times a per-super-block fp16, kept apart so the product
   is the same float32 product ggml's dequantiser forms).
@@ -21,8 +22,9 @@ planes, per row of the weight (`PackedWeight`):
   -dmin of its super-block), or of s alone, M = 1 (Q6_K: d; no offset to multiply).
 * ``h``: the values' bits above QBITS (HBITS of them: Q6_K's top 2), int32 [n, T / 2 * G]:
   word w of tile pair p holds those of word w of tiles 2p + u (u = 0, 1), field j's at bit
-  8 (j / 2) + 4u + 2 (j % 2). So Q6_K is read at its stored 6.56 bits a value (8.56 as bytes),
-  and the tensor-core GEMV gets four fields' high bits in place for one mask (mma_gemv).
+  8 (j / 2) + 4u + 2 (j % 2). So Q6_K is read at 6.63 bits a value (its GGUF blocks: 6.56; a
+  byte a value took 8.75), and the tensor-core GEMV finds four fields' high bits a byte apart
+  (kquant_imma_gemv.cu).
 
 The GEMV works in float32 without an int-to-float conversion per value: a field becomes the
 float f = 1 + q 2^(LOW - 23) by shifting it into the mantissa of 1.0 at bit LOW (one shift, one
@@ -63,11 +65,6 @@ class QuantFormat:
         assert self.qbits == 32 or self.scale, f"{self.name}: a packed format needs a scale"
         # the one layout of h: four fields of two tiles a byte
         assert self.hbits in (0, 2) and (not self.hbits or self.qbits == 4), self.name
-
-    @property
-    def bits(self) -> int:
-        """A value's bits: its field and, where split, its high bits."""
-        return self.qbits + self.hbits
 
     @property
     def fields(self) -> int:
