@@ -19,16 +19,26 @@ from .quants import (_as_bytes, _bits_le, _fields, _k_nibbles, _k_scale_min, _ni
 T = GGMLQuantizationType
 
 
+def _padded(values: torch.Tensor, width: int) -> torch.Tensor:
+    """Integers [n, k] as int64 [n, width], zeros past k."""
+    out = torch.zeros(values.shape[0], width, dtype=torch.int64, device=values.device)
+    out[:, :values.shape[1]] = values.to(torch.int64)
+    return out
+
+
+def _int32(words: torch.Tensor) -> torch.Tensor:
+    """Unsigned 32-bit words held in int64 -> int32 of the same bits."""
+    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+
+
 def word_plane(q: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
     """Unsigned integers [n, k] -> int32 words [n, T*G]: field j of word w of tile t holds value
     (P*t + j)*G + w; a row's last tile is padded with zeros."""
     n, P, G = q.shape[0], fmt.fields, fmt.group
     tiles = -(-q.shape[1] // fmt.tile)
-    padded = torch.zeros(n, tiles * fmt.tile, dtype=torch.int64, device=q.device)
-    padded[:, :q.shape[1]] = q.to(torch.int64)
     shifts = torch.arange(P, device=q.device, dtype=torch.int64).view(1, 1, P, 1) * fmt.qbits
-    words = (padded.view(n, tiles, P, G) << shifts).sum(dim=2).view(n, tiles * G)
-    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+    words = _padded(q, tiles * fmt.tile).view(n, tiles, P, G) << shifts
+    return _int32(words.sum(dim=2).view(n, tiles * G))
 
 
 def high_plane(high: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
@@ -36,11 +46,9 @@ def high_plane(high: torch.Tensor, fmt: QuantFormat) -> torch.Tensor:
     quant_matmul's docstring)."""
     n, P, G = high.shape[0], fmt.fields, fmt.group
     pairs = -(-high.shape[1] // (2 * fmt.tile))
-    padded = torch.zeros(n, pairs * 2 * fmt.tile, dtype=torch.int64, device=high.device)
-    padded[:, :high.shape[1]] = high.to(torch.int64)
     shifts = high_shifts(fmt, high.device).view(1, 1, 2, P, 1)
-    words = (padded.view(n, pairs, 2, P, G) << shifts).sum(dim=(2, 3)).view(n, pairs * G)
-    return torch.where(words >= 2 ** 31, words - 2 ** 32, words).to(torch.int32)
+    words = _padded(high, pairs * 2 * fmt.tile).view(n, pairs, 2, P, G) << shifts
+    return _int32(words.sum(dim=(2, 3)).view(n, pairs * G))
 
 
 def group_plane(p: torch.Tensor, fmt: QuantFormat, k: int) -> torch.Tensor:

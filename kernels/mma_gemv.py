@@ -211,6 +211,7 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
         partial = out.view(1, rows_out)
     pdl = pdl_enabled(x.device)
     q6k = w.fmt.name == "q6_k"
+    b = w.h if q6k else w.b  # the i8 kernel's third plane: Q4_K's offsets, or Q6_K's top bits
     kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl, w.fmt.name)
     shared = per_split * SHARED_PER_TILE[cfg.operands + (" q6_k" if q6k else "")] + (
         cfg.warps * cfg.row_blocks * ROWS_PER_BLOCK[cfg.operands] * 4 if cfg.k_warps > 1 else 0)
@@ -219,11 +220,11 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
     blocks = max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))
     kernel((blocks, splits), 32 * cfg.warps, shared,
            torch.cuda.current_stream(x.device).cuda_stream,
-           x, partial, w.q, w.s, w.h if q6k else w.b, w.sd, w.n, supers, per_split,
-           *((w.q.stride(0), w.s.stride(0), w.b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
+           x, partial, w.q, w.s, b, w.sd, w.n, supers, per_split,
+           *((w.q.stride(0), w.s.stride(0), b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
               F16_1024) if cfg.operands == "f16" else
-             (w.q.stride(0), w.s.stride(0), (w.h if q6k else w.b).stride(0),
-              w.sd.stride(0) // 2, float(w.alpha))), pdl=pdl)
+             (w.q.stride(0), w.s.stride(0), b.stride(0), w.sd.stride(0) // 2,
+              float(w.alpha))), pdl=pdl)
     if splits == 1:
         return partial.view(rows_out)
     return torch.sum(partial, dim=0, out=out)

@@ -25,7 +25,8 @@ needs_gpu = pytest.mark.skipif(
     or torch.cuda.get_device_capability()[0] < 8, reason="needs an sm_80+ GPU and nvcc")
 
 
-def _q4k(rows: int, cols: int, device: str, seed: int = 0, qtype=T.Q4_K):
+def _weight(rows: int, cols: int, device: str, seed: int = 0, qtype=T.Q4_K):
+    """A random [rows, cols] weight of `qtype` in the planes, on `device`."""
     blocks = _random_blocks(np.random.default_rng(seed), qtype, rows, cols)
     return pack_gguf(blocks, qtype, (rows, cols), device)
 
@@ -82,7 +83,7 @@ def test_i8_activation_of_groups_of_16_pairs_groups_j_and_8_plus_j():
     """Q6_K's activation groups: groups j and 8 + j of a super-block share one dx."""
     x = torch.randn(512, generator=torch.Generator().manual_seed(1))
     x[128 + 16 * 3:128 + 16 * 4] *= 1e4  # group 11 of super-block 0: group 3's dx grows with it
-    got, alone = mma_gemv.i8_activation(x, 16), mma_gemv.i8_activation(x[:256] * 1, 16)
+    got, alone = mma_gemv.i8_activation(x, 16), mma_gemv.i8_activation(x[:256], 16)
     assert torch.equal(got[:256], alone)
     step = x[128 + 48:128 + 64].abs().max() / mma_gemv.I8_LIMIT
     assert (got[48:64] - x[48:64]).abs().max() > 0.1 * step  # coarse steps: the pair's
@@ -103,16 +104,16 @@ def test_i8_activation_divides_as_the_kernel_does():
 
 @pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
 def test_i8_reference_is_within_its_bound_of_the_float_product(qtype):
-    w = _q4k(64, 1024, "cpu", seed=2, qtype=qtype)
+    w = _weight(64, 1024, "cpu", seed=2, qtype=qtype)
     x = torch.randn(1024, generator=torch.Generator().manual_seed(3))
     exact = dequantize_reference(w).double() @ x.double()
     assert 1e-7 < _rel_err(mma_gemv.i8_reference(x, w), exact) < 1e-4
 
 
 def test_dispatch_leaves_cpu_tensors_and_other_formats_to_triton():
-    w = _q4k(16, 256, "cpu")
+    w = _weight(16, 256, "cpu")
     assert mma_gemv.choose(torch.zeros(256), w) is None
-    q6 = _q4k(16, 256, "cpu", qtype=T.Q6_K)
+    q6 = _weight(16, 256, "cpu", qtype=T.Q6_K)
     assert mma_gemv.choose(torch.zeros(256), q6) is None
     q8 = pack_gguf(_random_blocks(np.random.default_rng(0), T.Q8_0, 16, 256), T.Q8_0,
                    (16, 256), "cpu")
@@ -159,7 +160,7 @@ def test_gemv_matches_reference_product(rows, cols, config, scale, operands, qty
     """Odd row counts leave the last warp's row blocks past the end (the i8 kernel's last one
     overlaps the one before); split K adds partial sums; large and tiny activations exercise
     the activation's scales."""
-    w = _q4k(rows, cols, "cuda", seed=rows, qtype=qtype)
+    w = _weight(rows, cols, "cuda", seed=rows, qtype=qtype)
     x = torch.randn(cols, device="cuda", generator=torch.Generator("cuda").manual_seed(1)) * scale
     if cols > 256:
         x[256:512] = 0.0  # a super-block of zeros (f16: its parts' scale is 1)
@@ -176,7 +177,7 @@ def test_gemv_matches_reference_product(rows, cols, config, scale, operands, qty
                          ids=lambda c: "/".join(map(str, c)))
 def test_gated_epilogue_matches_reference(act, config, operands, qtype):
     # [gate; up], 1028 output rows: a partial block
-    w = _q4k(2 * 1028, 2048, "cuda", seed=3, qtype=qtype)
+    w = _weight(2 * 1028, 2048, "cuda", seed=3, qtype=qtype)
     x = torch.randn(2048, device="cuda", generator=torch.Generator("cuda").manual_seed(4))
     y = _expected(x, w, operands).float().cuda()  # (the activation kernel runs on the GPU)
     expected = gated_activation(act, y[None, :1028], y[None, 1028:])[0].double().cpu()
@@ -204,10 +205,10 @@ def test_without_a_table_q6k_and_the_gated_q4k_product_run_on_the_i8_kernel(tmp_
     tuning_table.cache_clear()
     try:
         x = torch.randn(1024, device="cuda", generator=torch.Generator("cuda").manual_seed(9))
-        q6 = _q4k(256, 1024, "cuda", seed=9, qtype=T.Q6_K)
+        q6 = _weight(256, 1024, "cuda", seed=9, qtype=T.Q6_K)
         assert mma_gemv.choose(x, q6) == mma_gemv.MmaConfig(8, 1, 1, 4, "i8")
         assert _rel_err(qgemv(x, q6), _expected(x, q6, "i8")) < 2e-6
-        q4 = _q4k(512, 1024, "cuda", seed=9)
+        q4 = _weight(512, 1024, "cuda", seed=9)
         assert mma_gemv.choose(x, q4, "silu") == mma_gemv.MmaConfig(4, 1, 1, 2, "i8")
         assert mma_gemv.choose(x, q4) is None
     finally:
@@ -216,20 +217,20 @@ def test_without_a_table_q6k_and_the_gated_q4k_product_run_on_the_i8_kernel(tmp_
 
 @needs_gpu
 def test_dispatch_follows_the_table_and_graph_replays_agree(table, monkeypatch):
-    w = _q4k(2 * 512, 1024, "cuda", seed=5)
+    w = _weight(2 * 512, 1024, "cuda", seed=5)
     x = torch.randn(1024, device="cuda", generator=torch.Generator("cuda").manual_seed(5))
     assert mma_gemv.choose(x, w, "silu") == mma_gemv.MmaConfig(4, 2, 1)
     assert mma_gemv.choose(x, w) is None  # not in the table: Triton
-    down = _q4k(512, 1024, "cuda", seed=6)
+    down = _weight(512, 1024, "cuda", seed=6)
     assert mma_gemv.choose(x, down) == mma_gemv.MmaConfig(4, 1, 1, 2, "i8")
     unaligned = torch.randn(1025, device="cuda")[1:]  # the i8 kernel stages x in 16-byte loads
     assert mma_gemv.choose(unaligned, down) is None
     assert _rel_err(qgemv(x, down), _expected(x, down, "i8")) < 2e-6
-    q6 = _q4k(512, 1024, "cuda", seed=7, qtype=T.Q6_K)
+    q6 = _weight(512, 1024, "cuda", seed=7, qtype=T.Q6_K)
     assert mma_gemv.choose(x, q6) == mma_gemv.MmaConfig(8, 1, 1, 4, "i8")
     assert _rel_err(qgemv(x, q6), _expected(x, q6, "i8")) < 2e-6
     # the f16 kernel multiplies Q4_K alone: a table naming it for Q6_K leaves it to Triton
-    assert mma_gemv.choose(x, _q4k(256, 1024, "cuda", seed=8, qtype=T.Q6_K)) is None
+    assert mma_gemv.choose(x, _weight(256, 1024, "cuda", seed=8, qtype=T.Q6_K)) is None
     eager = qgemv_gated(x, w, "silu")
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
