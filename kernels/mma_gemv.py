@@ -16,6 +16,10 @@ are closer to exact (float32 products of ~33-bit activation parts: a few 1e-7 of
 output where the Triton GEMV's are ~2e-6). The
 Triton GEMV stays the path for every other case: other formats, off sm_80+, without nvcc, and
 under IMPDIFF_GEMV=triton (an A/B of the two, or a bisection of the engine's own kernels).
+
+The i8 kernel also carries an RMSNorm between two products: `gemv_residual_norm` ends a block's
+projection with the residual add and leaves the next norm `Unnormed` (x * weight, and its sum
+of squares a block), and a GEMV given an `Unnormed` scales each staged group by 1/rms.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import torch
 
 from . import cuda_driver
 from .launch import pdl_enabled, sm_count, tuning_table
+from .norm_rope import Unnormed
 
 SOURCES = {"f16": Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu",
            "i8": Path(__file__).parent / "cuda" / "kquant_imma_gemv.cu"}
@@ -90,13 +95,19 @@ def i8_activation(x: torch.Tensor, group: int = 32) -> torch.Tensor:
     return (q.reshape(-1, 8, 2, 16).transpose(1, 2) if paired else q).reshape(x.shape)
 
 
-def i8_reference(x: torch.Tensor, w) -> torch.Tensor:
+def i8_reference(x: torch.Tensor | Unnormed, w) -> torch.Tensor:
     """The i8 kernel's product W x in float64: the scaled fields (d s q) times the 16-bit
     activation, Q4_K's offsets (-dmin m) times x itself (the kernel adds each group's float32
-    sum), Q6_K's (-32 d s) times the 16-bit activation too."""
+    sum), Q6_K's (-32 d s) times the 16-bit activation too. An `Unnormed` x is staged as u and
+    scaled by 1/rms after."""
     from .quant_matmul import dequantize_reference  # (quant_matmul imports this module)
     full = dequantize_reference(w).double()
-    x16 = i8_activation(x, w.fmt.group).double()
+    if isinstance(x, Unnormed):
+        rstd = x.rstd().double()
+        x16 = i8_activation(x.u, w.fmt.group).double() * rstd
+        x = x.u.double() * rstd
+    else:
+        x16 = i8_activation(x, w.fmt.group).double()
     if w.fmt.name == "q6_k":
         return full @ x16
     offsets = full - dequantize_reference(replace(w, b=torch.zeros_like(w.b))).double()
@@ -130,35 +141,39 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 def build_args(device: torch.device, cfg: MmaConfig, act: int, pdl: bool,
-               fmt: str = "q4_k") -> tuple[Path, str, dict[str, int]]:
+               fmt: str = "q4_k", norm_out: bool = False, norm_in: bool = False
+               ) -> tuple[Path, str, dict[str, int]]:
     """What `cuda_driver.compile_cubin` builds for `cfg` and format `fmt` on `device` (a sweep
-    compiles many configs in parallel before it times them)."""
+    compiles many configs in parallel before it times them); `norm_out`: ending with the
+    residual add and an `Unnormed`, `norm_in`: reading one."""
     major, minor = _capability(device)
     defines = dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps,
                    PDL=int(pdl), ACT=act)
-    if fmt == "q6_k":
-        defines["Q6K"] = 1
+    flags = {"Q6K": fmt == "q6_k", "NORM_OUT": norm_out, "NORM_IN": norm_in}
+    defines.update({name: 1 for name, on in flags.items() if on})
     return SOURCES[cfg.operands], f"sm_{major}{minor}", defines
 
 
 @functools.cache
-def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool,
-            fmt: str = "q4_k") -> cuda_driver.Kernel:
-    source, arch, defines = build_args(device, cfg, act, pdl, fmt)
+def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, fmt: str = "q4_k",
+            norm_out: bool = False, norm_in: bool = False) -> cuda_driver.Kernel:
+    source, arch, defines = build_args(device, cfg, act, pdl, fmt, norm_out, norm_in)
     return cuda_driver.Kernel(cuda_driver.compile_cubin(source, arch, defines), source.stem,
                               device)
 
 
-def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
+def choose(x: torch.Tensor | Unnormed, w, act: str | None = None) -> MmaConfig | None:
     """The tensor-core config for W x (with `act`: the gated product), or None where the Triton
-    GEMV runs it: the shapes of this GPU's table (tuning/<device name>.mma.json, written by
-    benchmarks/gemv_sweep.py --kernel mma only where a tensor-core kernel was faster), else,
-    with no table for the GPU, the gated gate/up product (the largest of a decode step) on the
+    GEMV runs it (for an `Unnormed` x, None but on the i8 kernel): the shapes of this GPU's
+    table (tuning/<device name>.mma.json, written by benchmarks/gemv_sweep.py --kernel mma
+    only where a tensor-core kernel was faster), else, with no table for the GPU, the gated gate/up product (the largest of a decode step) on the
     i8 kernel at its H100 config, four warps sharing each task two ways over K, and every
     Q6_K product on it at a config within 2% and 7% of the H100's best for the 8B shape's
     output and ffn_down (the Triton GEMV reads Q6_K's split planes at 0.72-0.86 of the i8
     kernel's speed: stop 22's sweep)."""
-    gated = act is not None
+    gated, unnormed = act is not None, isinstance(x, Unnormed)
+    if unnormed:
+        x = x.u
     if not supported(x, w):
         return None
     table = tuning_table(TABLE_ENV, ".mma.json")
@@ -169,7 +184,8 @@ def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
         tuned = table.get(table_key(w.fmt.name, gated, w.n, w.k))
         cfg = MmaConfig(*tuned) if tuned else None
     return (cfg if cfg and w.fmt.name in MULTIPLIES[cfg.operands] and cfg.fits(w, gated)
-            and cfg.takes(x) and _builds(x.device, cfg, act, w.fmt.name) else None)
+            and cfg.takes(x) and (cfg.operands == "i8" or not unnormed)
+            and _builds(x.device, cfg, act, w.fmt.name) else None)
 
 
 def table_key(fmt: str, gated: bool, n: int, k: int) -> str:
@@ -189,15 +205,41 @@ def _builds(device: torch.device, cfg: MmaConfig, act: str | None, fmt: str) -> 
         return False
 
 
-def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
+def gemv(x: torch.Tensor | Unnormed, w, config: MmaConfig, out: torch.Tensor | None = None,
          act: str | None = None) -> torch.Tensor:
-    """W x for one token with `config` (`choose`'s, or a sweep's), x [k] float32 -> [n]
-    float32; with `act`, W = [gate; up] and the result is act(gate) * up [n / 2]. A split K
-    adds its partial sums in a fixed order."""
-    gated, cfg = act is not None, config
+    """W x for one token with `config` (`choose`'s, or a sweep's), x [k] float32 (or an
+    `Unnormed`: the i8 kernel) -> [n] float32; with `act`, W = [gate; up] and the result is
+    act(gate) * up [n / 2]. A split K adds its partial sums in a fixed order."""
+    return _launch(x, w, config, out, act)
+
+
+def ends_with_norm(config: MmaConfig, w, x: torch.Tensor) -> bool:
+    """Whether `config`'s kernel can end W a with the residual add into x and an `Unnormed`:
+    the i8 kernel in one split over K (each block's rows then have their whole sums)."""
+    return (config.operands == "i8" and config.split_k == 1 and x.is_contiguous()
+            and x.dtype == torch.float32 and x.numel() == w.n)
+
+
+def gemv_residual_norm(a: torch.Tensor | Unnormed, w, config: MmaConfig, x: torch.Tensor,
+                       weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, Unnormed]:
+    """(x + W a, rms_norm(x + W a) * weight as an `Unnormed`) for one token, a [k], x and
+    weight [n] float32, in one launch (`ends_with_norm`)."""
+    assert ends_with_norm(config, w, x), f"{config} ends with no norm over {w.n} rows"
+    x_out, u = torch.empty_like(x), torch.empty_like(x)
+    partials = _launch(a, w, config, None, None, (x, x_out, weight.contiguous(), u))
+    return x_out, Unnormed(u, partials, eps)
+
+
+def _launch(x, w, cfg: MmaConfig, out, act, norm_out: tuple | None = None) -> torch.Tensor:
+    """One launch of `cfg`'s kernel: the product, or with `norm_out` = (x, x_out, weight, u)
+    the blocks' sums of squares (NORM_OUT)."""
+    gated, unnormed = act is not None, isinstance(x, Unnormed)
+    xv = x.u if unnormed else x
     assert cfg.fits(w, gated), f"{cfg} does not cover {w.n} rows{' gated' if gated else ''}"
-    assert cfg.takes(x), f"{cfg} needs x at a 16-byte boundary"
+    assert cfg.takes(xv), f"{cfg} needs x at a 16-byte boundary"
     assert w.fmt.name in MULTIPLIES[cfg.operands], f"{cfg.operands} takes no {w.fmt.name}"
+    assert cfg.operands == "i8" or not (unnormed or norm_out), "only the i8 kernel norms"
+    assert xv.numel() == w.k, f"x of {xv.numel()} values for {w.k} columns"
     supers = w.k // 256
     per_split = -(-supers // cfg.split_k)
     splits = -(-supers // per_split)
@@ -205,26 +247,34 @@ def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
     block_rows = ROWS_PER_BLOCK[cfg.operands] // (2 if gated else 1)
     tasks = -(-rows_out // (block_rows * cfg.row_blocks))
     assert cfg.warps % cfg.k_warps == 0, "a block holds whole groups of k_warps"
-    if out is None or splits > 1:
-        partial = torch.empty((splits, rows_out), device=x.device, dtype=torch.float32)
+    if norm_out:
+        partial = norm_out[1]  # (unwritten: the kernel stores x_out and u instead)
+    elif out is None or splits > 1:
+        partial = torch.empty((splits, rows_out), device=xv.device, dtype=torch.float32)
     else:
         partial = out.view(1, rows_out)
-    pdl = pdl_enabled(x.device)
+    pdl = pdl_enabled(xv.device)
     q6k = w.fmt.name == "q6_k"
     b = w.h if q6k else w.b  # the i8 kernel's third plane: Q4_K's offsets, or Q6_K's top bits
-    kernel = _kernel(x.device, cfg, ACT_CODES[act], pdl, w.fmt.name)
+    kernel = _kernel(xv.device, cfg, ACT_CODES[act], pdl, w.fmt.name, norm_out is not None,
+                     unnormed)
     shared = per_split * SHARED_PER_TILE[cfg.operands + (" q6_k" if q6k else "")] + (
         cfg.warps * cfg.row_blocks * ROWS_PER_BLOCK[cfg.operands] * 4 if cfg.k_warps > 1 else 0)
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
-    resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(x.device)
+    resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(xv.device)
     blocks = max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))
+    strides = (w.q.stride(0), w.s.stride(0), b.stride(0), w.sd.stride(0) // 2, float(w.alpha))
+    if cfg.operands == "f16":
+        tail = (F16_1024,)
+    else:  # NORM_OUT's residual, x_out, norm weight, u, sums; NORM_IN's sums, their count, eps
+        ss = torch.empty(blocks, device=xv.device, dtype=torch.float32) if norm_out else None
+        tail = (*norm_out, ss) if norm_out else (xv, partial, xv, partial, partial)
+        tail += ((x.partials, x.partials.numel(), float(x.eps)) if unnormed else (xv, 0, 0.0))
     kernel((blocks, splits), 32 * cfg.warps, shared,
-           torch.cuda.current_stream(x.device).cuda_stream,
-           x, partial, w.q, w.s, b, w.sd, w.n, supers, per_split,
-           *((w.q.stride(0), w.s.stride(0), b.stride(0), w.sd.stride(0) // 2, float(w.alpha),
-              F16_1024) if cfg.operands == "f16" else
-             (w.q.stride(0), w.s.stride(0), b.stride(0), w.sd.stride(0) // 2,
-              float(w.alpha))), pdl=pdl)
+           torch.cuda.current_stream(xv.device).cuda_stream,
+           xv, partial, w.q, w.s, b, w.sd, w.n, supers, per_split, *strides, *tail, pdl=pdl)
+    if norm_out:
+        return ss
     if splits == 1:
         return partial.view(rows_out)
     return torch.sum(partial, dim=0, out=out)
