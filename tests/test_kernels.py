@@ -17,9 +17,10 @@ from impdiff.engine.quants import dequantize as reference_dequantize
 from impdiff.kernels.activation import gated_activation
 from impdiff.kernels.attention import attention
 from impdiff.kernels.launch import PDL_ENV, pdl_options
-from impdiff.kernels.norm_rope import residual_norm, rope, rope_qkv
-from impdiff.kernels.quant_matmul import (GemvConfig, dequantize, dequantize_reference, qgemv,
-                                          qgemv_gated, qmatmul)
+from impdiff.kernels.norm_rope import Unnormed, residual_norm, rope, rope_qkv
+from impdiff.kernels.quant_matmul import (DEFERRED_NORM_ENV, GemvConfig, dequantize,
+                                          dequantize_reference, qgemv, qgemv_gated,
+                                          qgemv_residual_norm, qmatmul)
 from .test_quants import T, random_tensor
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -156,6 +157,37 @@ def test_residual_norm_variants_match_reference():
     assert torch.allclose(y.cpu(), ref.rms_norm(x, None, 1e-6), atol=1e-5)
 
 
+def test_unnormed_is_the_norm_of_its_partial_sums():
+    g = torch.Generator().manual_seed(10)
+    x, w = torch.randn(1024, generator=g) * 5, torch.rand(1024, generator=g) + 0.5
+    y = residual_norm(x.to(DEVICE), w.to(DEVICE), 1e-5)[1].cpu()
+    unnormed = Unnormed(x * w, (x * x).view(16, -1).sum(dim=1), 1e-5)
+    assert torch.allclose(unnormed.normed(), y, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
+def test_a_product_its_residual_add_and_norm_read_by_another(qtype, monkeypatch):
+    """qgemv_residual_norm, deferred norm allowed: x + W a and its norm, whatever form the
+    norm takes (off the i8 kernel a tensor, on it an Unnormed), read by the next product as
+    the norm kernel's y would be."""
+    monkeypatch.setenv(DEFERRED_NORM_ENV, "1")
+    raw, shape = _weight(qtype, rows=256, blocks=2, seed=3)
+    w_out = pack_gguf(raw, qtype, shape, DEVICE)
+    raw, shape = _weight(qtype, rows=64, blocks=1, seed=4)
+    w_in = pack_gguf(raw, qtype, shape, DEVICE)
+    g = torch.Generator().manual_seed(5)
+    a, x = torch.randn(512, generator=g).to(DEVICE), torch.randn(256, generator=g).to(DEVICE)
+    weight = (torch.rand(256, generator=g) + 0.5).to(DEVICE)
+    x_out, y = qgemv_residual_norm(a, w_out, x, weight, 1e-5, [(w_in, None)])
+    want_x, want_y = residual_norm(x, weight, 1e-5, qgemv(a, w_out))
+    assert torch.equal(x_out, want_x)
+    formed = y.normed() if isinstance(y, Unnormed) else y
+    assert torch.allclose(formed, want_y, rtol=1e-5, atol=1e-6)
+    want = dequantize_reference(w_in).double().cpu() @ want_y.double().cpu()
+    got = qmatmul(y if isinstance(y, Unnormed) else y[None], w_in)[0].double().cpu()
+    assert (got - want).abs().max() < 1e-4 * want.abs().max()
+
+
 @pytest.mark.parametrize("neox,n_rot", [(True, 32), (False, 32), (True, 16)])
 def test_rope_matches_reference_and_writes_cache_rows(neox, n_rot):
     g = torch.Generator().manual_seed(10)
@@ -264,6 +296,63 @@ def test_dependent_launches_change_no_token(synth_model, monkeypatch):
         monkeypatch.setenv(PDL_ENV, pdl)
         tokens[pdl] = FastSession(model).generate_greedy([1, 2, 3, 4], 24)
     assert tokens["1"] == tokens["0"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_deferred_norms_leave_one_norm_kernel_a_step_and_agree(synth_model, tmp_path,
+                                                                monkeypatch):
+    """IMPDIFF_DEFERRED_NORM=1 with every K-quant product of a Q4_K_M model on the i8 kernel
+    (a table naming them all): a decode step runs one norm kernel (the embedding's), its
+    logits are the reference model's as closely as the fast path's are, and the graphed
+    greedy decode equals the eager one."""
+    import json
+
+    from impdiff.engine.fast import FastSession, load_fast_model
+    from impdiff.engine.generate import Session
+    from impdiff.engine.loader import load_gguf_model
+    from impdiff.kernels import cuda_driver, mma_gemv
+    from impdiff.kernels.launch import tuning_table
+
+    if cuda_driver.nvcc_path() is None or torch.cuda.get_device_capability()[0] < 8:
+        pytest.skip("the i8 kernel needs nvcc and an sm_80+ GPU")
+    path = synth_model("llama", "Q4_K_M")
+    model = load_fast_model(path, "cuda", max_ctx=128)
+    table = {}
+    for layer in model.layers:
+        gated = len(layer.gate_up) == 1
+        for w in [*layer.qkv, layer.wo, layer.down, model.output, *layer.gate_up]:
+            in_gate_up = any(w is g for g in layer.gate_up) and gated
+            table[mma_gemv.table_key(w.fmt.name, in_gate_up, w.n, w.k)] = (
+                [4, 1, 1, 2, "i8"] if in_gate_up else [8, 1, 1, 4, "i8"])
+    (tmp_path / "all_i8.mma.json").write_text(json.dumps(table))
+    monkeypatch.setenv(mma_gemv.TABLE_ENV, str(tmp_path / "all_i8.mma.json"))
+    monkeypatch.setenv(DEFERRED_NORM_ENV, "1")
+    tuning_table.cache_clear()
+    try:
+        token = torch.tensor([7], device="cuda")
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+            model.forward(token, torch.tensor([0], dtype=torch.int32, device="cuda"))
+            torch.cuda.synchronize()
+        names = [e.name for e in prof.events() if e.device_type.name == "CUDA"]
+        assert sum("_residual_norm_kernel" in n for n in names) == 1
+        assert sum("kquant_imma_gemv" in n for n in names) >= 4 * len(model.layers) + 1
+        reference = Session(load_gguf_model(path, "cpu").model, n_ctx=64)
+        fast = FastSession(model)
+        prompt = list(range(5, 17))
+        reference.eval(prompt), fast.eval(prompt)
+        want, got = reference.eval([7]), fast.eval([7]).cpu()
+        assert (got - want).abs().max() < 2e-3 * want.abs().max()
+        graphed = FastSession(model).generate_greedy([1, 2, 3, 4], 24)
+        eager, session = [], FastSession(model)
+        logits = session.eval([1, 2, 3, 4], last_only=True)
+        for _ in range(24):
+            eager.append(int(logits[-1].argmax()))
+            pos = torch.tensor([session.pos], dtype=torch.int32, device="cuda")
+            logits = model.forward(torch.tensor([eager[-1]], device="cuda"), pos)  # no graph
+            session.pos += 1
+        assert graphed == eager
+    finally:
+        tuning_table.cache_clear()
 
 
 def test_dependent_launch_options_only_where_they_apply(monkeypatch):
