@@ -52,6 +52,7 @@ SHARED_PER_TILE = {"f16": 8 * 4 * 3 * 16 + 8 * 4 + 4, "i8": 256 * 2 + 8 * 8 + 25
 ROWS_PER_BLOCK = {"f16": 8, "i8": 16}  # weight rows of a row block (half as many outputs gated)
 ACT_CODES = {None: 0, "silu": 1, "gelu_tanh": 2}
 I8_LIMIT = 32639.0  # the i8 kernel's largest |x| / dx: 256 hi + lo with hi a byte
+NORM_PARTS = 256  # most blocks of a grid ending with a norm: the sums a reader stages (the .cu)
 
 
 @dataclass(frozen=True)
@@ -166,14 +167,14 @@ def choose(x: torch.Tensor | Unnormed, w, act: str | None = None) -> MmaConfig |
     """The tensor-core config for W x (with `act`: the gated product), or None where the Triton
     GEMV runs it (for an `Unnormed` x, None but on the i8 kernel): the shapes of this GPU's
     table (tuning/<device name>.mma.json, written by benchmarks/gemv_sweep.py --kernel mma
-    only where a tensor-core kernel was faster), else, with no table for the GPU, the gated gate/up product (the largest of a decode step) on the
-    i8 kernel at its H100 config, four warps sharing each task two ways over K, and every
-    Q6_K product on it at a config within 2% and 7% of the H100's best for the 8B shape's
-    output and ffn_down (the Triton GEMV reads Q6_K's split planes at 0.72-0.86 of the i8
-    kernel's speed: stop 22's sweep)."""
+    only where a tensor-core kernel was faster), else, with no table for the GPU, the gated
+    gate/up product (the largest of a decode step) on the i8 kernel at its H100 config, four
+    warps sharing each task two ways over K, and every Q6_K product on it at a config within
+    2% and 7% of the H100's best for the 8B shape's output and ffn_down (the Triton GEMV reads
+    Q6_K's split planes at 0.72-0.86 of the i8 kernel's speed: stop 22's sweep)."""
     gated, unnormed = act is not None, isinstance(x, Unnormed)
     if unnormed:
-        x = x.u
+        x, partials = x.u, x.partials
     if not supported(x, w):
         return None
     table = tuning_table(TABLE_ENV, ".mma.json")
@@ -183,9 +184,18 @@ def choose(x: torch.Tensor | Unnormed, w, act: str | None = None) -> MmaConfig |
     else:
         tuned = table.get(table_key(w.fmt.name, gated, w.n, w.k))
         cfg = MmaConfig(*tuned) if tuned else None
+    if unnormed and (cfg is None or cfg.operands != "i8" or not _stageable(partials)):
+        return None
     return (cfg if cfg and w.fmt.name in MULTIPLIES[cfg.operands] and cfg.fits(w, gated)
-            and cfg.takes(x) and (cfg.operands == "i8" or not unnormed)
-            and _builds(x.device, cfg, act, w.fmt.name) else None)
+            and cfg.takes(x) and _builds(x.device, cfg, act, w.fmt.name) else None)
+
+
+def _stageable(partials: torch.Tensor) -> bool:
+    """Whether the i8 kernel copies an Unnormed's sums as they are: float32, at most
+    NORM_PARTS, in whole 16-byte pieces."""
+    return (partials.dtype == torch.float32 and partials.is_contiguous()
+            and partials.numel() <= NORM_PARTS and partials.numel() % 4 == 0
+            and partials.data_ptr() % 16 == 0)
 
 
 def table_key(fmt: str, gated: bool, n: int, k: int) -> str:
@@ -240,6 +250,7 @@ def _launch(x, w, cfg: MmaConfig, out, act, norm_out: tuple | None = None) -> to
     assert w.fmt.name in MULTIPLIES[cfg.operands], f"{cfg.operands} takes no {w.fmt.name}"
     assert cfg.operands == "i8" or not (unnormed or norm_out), "only the i8 kernel norms"
     assert xv.numel() == w.k, f"x of {xv.numel()} values for {w.k} columns"
+    assert not unnormed or _stageable(x.partials), "sums the kernel cannot copy as they are"
     supers = w.k // 256
     per_split = -(-supers // cfg.split_k)
     splits = -(-supers // per_split)
@@ -263,11 +274,14 @@ def _launch(x, w, cfg: MmaConfig, out, act, norm_out: tuple | None = None) -> to
     # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
     resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(xv.device)
     blocks = max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))
+    if norm_out:  # (the warps stride over the tasks of any grid)
+        blocks = min(blocks, NORM_PARTS)
     strides = (w.q.stride(0), w.s.stride(0), b.stride(0), w.sd.stride(0) // 2, float(w.alpha))
     if cfg.operands == "f16":
         tail = (F16_1024,)
     else:  # NORM_OUT's residual, x_out, norm weight, u, sums; NORM_IN's sums, their count, eps
-        ss = torch.empty(blocks, device=xv.device, dtype=torch.float32) if norm_out else None
+        ss = (torch.empty(-(-blocks // 4) * 4, device=xv.device, dtype=torch.float32)
+              if norm_out else None)  # (zero-padded by the kernel: readers copy 16 bytes)
         tail = (*norm_out, ss) if norm_out else (xv, partial, xv, partial, partial)
         tail += ((x.partials, x.partials.numel(), float(x.eps)) if unnormed else (xv, 0, 0.0))
     kernel((blocks, splits), 32 * cfg.warps, shared,

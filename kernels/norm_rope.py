@@ -82,7 +82,7 @@ class Unnormed:
     by 1/rms as it reads u needs no norm kernel before it. `normed()` is y for any other."""
 
     u: torch.Tensor  # [n] float32
-    partials: torch.Tensor  # [blocks] float32, adding up to sum(x^2)
+    partials: torch.Tensor  # float32, adding up to sum(x^2) (a block's each, zeros after)
     eps: float
 
     def rstd(self) -> torch.Tensor:

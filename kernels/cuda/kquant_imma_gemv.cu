@@ -52,7 +52,7 @@
 #ifndef Q6K
 #define Q6K 0
 #endif
-// An RMSNorm between two GEMVs without a kernel of its own (mma_gemv.NormAfter, Unnormed):
+// An RMSNorm between two GEMVs without a kernel of its own (norm_rope.Unnormed):
 // NORM_OUT, the product h = W a is added into the residual stream (x_out = x + h) and leaves
 // as u = x_out * weight with each block's share of sum(x_out^2); NORM_IN, the activation is
 // such a u: its groups are staged as they are and their dx and sums times 1 / rms. The i8
@@ -65,6 +65,7 @@
 #ifndef NORM_IN
 #define NORM_IN 0
 #endif
+#define NORM_PARTS 256  // most blocks of a NORM_OUT grid (mma_gemv.NORM_PARTS)
 static_assert(!(NORM_OUT && ACT), "the residual add follows a plain product");
 
 __device__ __forceinline__ void imma(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
@@ -204,6 +205,18 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   };
 #if NORM_OUT
   float ss = 0.0f;  // this lane's rows' share of sum(x_out^2)
+  // the task's rows of x and of the norm weight, loaded while it runs: no round trip to L2
+  // between its product and its stores
+  float resid_v[ROW_BLOCKS][2], norm_v[ROW_BLOCKS][2];
+  auto load_resid = [&] {
+#pragma unroll
+    for (int r = 0; r < ROW_BLOCKS; r++)
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        resid_v[r][h] = __ldcg(resid + row[r][h]);
+        norm_v[r][h] = norm_w[row[r][h]];
+      }
+  };
 #endif
   if (task < w.count) start(task);  // loading while the activation is staged
 #if PDL
@@ -211,12 +224,27 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
   copy_async(raw, x + (size_t)t_lo * 256, nt * 64);
+#if NORM_OUT
+  if (task < w.count) load_resid();  // (the residual: an earlier kernel's output)
+#endif
 #if NORM_IN
-  // 1 / rms of the normed vector: every warp adds the producer's block sums in one order
-  // (while x's copy is in flight), so every block scales by the same float
+  // the producer's block sums (at most NORM_PARTS, zero-padded to 16 bytes) copied beside x:
+  // a copy holds no registers, where loads here cost 13 over the whole kernel (Q4_K 8/1/1/8:
+  // three blocks an SM to two)
+  __shared__ __align__(16) float ss_parts[NORM_PARTS];
+  for (int i = 4 * threadIdx.x; i < n_ss; i += 4 * WARPS * 32) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(ss_parts + i);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(ss_in + i) : "memory");
+  }
+  asm volatile("cp.async.commit_group;" ::: "memory");
+#endif
+  asm volatile("cp.async.wait_all;" ::: "memory");
+  __syncthreads();
+#if NORM_IN
+  // every warp adds the sums in one order, so every block scales by the same float
   const float rstd = [&] {
     float sum = 0.0f;
-    for (int i = lane; i < n_ss; i += 32) sum += ss_in[i];
+    for (int i = lane; i < n_ss; i += 32) sum += ss_parts[i];
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(FULL, sum, o);
     return 1.0f / sqrtf(sum / (float)(tiles * 256) + eps);
@@ -224,8 +252,6 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
 #else
   constexpr float rstd = 1.0f;
 #endif
-  asm volatile("cp.async.wait_all;" ::: "memory");
-  __syncthreads();
   // stage the activation: a warp per super-block, four lanes per group (lane: group j = lane
   // / 4, positions 8u..8u+7, u = lane % 4; Q6_K: groups j and 8 + j as one)
   for (int tt = warp; tt < nt; tt += WARPS) {
@@ -405,9 +431,9 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
 #pragma unroll
       for (int h = 0; h < 2; h++) {
         const int i = row[r][h];
-        const float v = resid[i] + val[r][h] * alpha;
+        const float v = resid_v[r][h] + val[r][h] * alpha;
         resid_out[i] = v;
-        unnormed[i] = v * norm_w[i];
+        unnormed[i] = v * norm_v[r][h];
         // a partial last row block's rows before its nominal start are the previous one's
         if (i >= first0 + r * STEP) ss = fmaf(v, v, ss);
       }
@@ -417,7 +443,12 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
 #endif
     }
   }
-  if (task + w.stride < w.count) start(task + w.stride);
+  if (task + w.stride < w.count) {
+    start(task + w.stride);
+#if NORM_OUT
+    load_resid();
+#endif
+  }
   }
 #if NORM_OUT
   // the block's sum of squares in a fixed order: the same floats every replay
@@ -432,5 +463,7 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
     for (int k = 0; k < WARPS; k++) block += warp_ss[k];
     ss_out[blockIdx.x] = block;
   }
+  // zeros to a whole 16 bytes (a reader copies the sums in 16-byte pieces)
+  if (blockIdx.x == 0 && threadIdx.x < (4 - gridDim.x % 4) % 4) ss_out[gridDim.x + threadIdx.x] = 0.0f;
 #endif
 }
