@@ -298,6 +298,23 @@ def test_dependent_launches_change_no_token(synth_model, monkeypatch):
     assert tokens["1"] == tokens["0"]
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_parallel_branches_change_no_token(synth_model, monkeypatch):
+    """IMPDIFF_CONCURRENT_PROJECTIONS=1 (Q+K and V of a Q4_K_M layer as parallel branches)
+    only reorders kernels that share no output: the same logits and greedy tokens."""
+    from impdiff.engine.fast import CONCURRENT_ENV, FastSession, load_fast_model
+
+    model = load_fast_model(synth_model("llama", "Q4_K_M"), "cuda", max_ctx=128)
+    assert any(len(layer.qkv) > 1 for layer in model.layers)
+    tokens, logits = {}, {}
+    for on in ("0", "1"):
+        monkeypatch.setenv(CONCURRENT_ENV, on)
+        tokens[on] = FastSession(model).generate_greedy([1, 2, 3, 4], 24)
+        logits[on] = FastSession(model).eval([5])  # a one-token step: the graph
+    assert tokens["1"] == tokens["0"]
+    assert torch.equal(logits["1"], logits["0"])
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_deferred_norms_leave_one_norm_kernel_a_step_and_agree(synth_model, tmp_path,
                                                                 monkeypatch):
