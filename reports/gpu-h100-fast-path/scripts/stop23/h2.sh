@@ -1,15 +1,27 @@
-# Stop 23 h2 (prepared, not run): after h1 on the same warm machine (/tmp/l8q4.gguf and
-# /tmp/s22 kept): where the step's time goes with the deferred norm (expect 1 norm kernel in
-# place of 65, and the i8 GEMVs around them a little longer), its GPU tests with no tuning
-# table (Q6_K and the gated product on the i8 kernel, the rest on Triton: the norm deferred
-# only where every reader is i8), and the NormAfter patch's own tests.
+# Stop 23 h2 (prepared, not run): after h1 on the same warm machine (/tmp/l8q4.gguf, /tmp/s22
+# kept). Greedy tokens with both changes off and on, and the top two logits where they part;
+# where the step's time goes with them on (expect 1 norm kernel in place of 65, and V off the
+# path) and off; the GPU tests with no tuning table (Q6_K and the gated product on the i8
+# kernel, the rest on Triton: a norm deferred only where every reader is i8); the NormAfter
+# patch's own tests.
 source benchmarks/device_env.sh
 export IMPDIFF_SYNTHETIC_DIR=$PWD/.carry/synth
 export IMPDIFF_MMA_TABLE=$PWD/kernels/tuning/NVIDIA_H100_80GB_HBM3.mma.json IMPDIFF_GEMV_TABLE=$PWD/kernels/tuning/NVIDIA_H100_80GB_HBM3.json
 [ -f /tmp/l8q4.gguf ] || python -m impdiff.testing.shapes llama3-8b Q4_K_M /tmp/l8q4.gguf > /dev/null
-IMPDIFF_DEFERRED_NORM=1 timeout 100 python benchmarks/profile_decode.py /tmp/l8q4.gguf --graph 2>&1 | grep -v Warn | head -18 | tee $OUT/h2_profile_on.txt
+ON="env IMPDIFF_DEFERRED_NORM=1 IMPDIFF_CONCURRENT_PROJECTIONS=1"
+G=reports/gpu-h100-fast-path/scripts/stop18/greedy.py
+M=reports/gpu-h100-fast-path/scripts/stop22/margin.py
+timeout 60 python $G /tmp/l8q4.gguf $OUT/h2_greedy_off.json > /dev/null 2>&1
+$ON timeout 60 python $G /tmp/l8q4.gguf $OUT/h2_greedy_on.json > /dev/null 2>&1
+STEP=$(python -c "import json,sys; a,b=(json.load(open(f)) for f in sys.argv[1:]); print(next((i for i,(x,y) in enumerate(zip(a,b)) if x!=y), -1))" $OUT/h2_greedy_off.json $OUT/h2_greedy_on.json)
+echo "greedy on vs off: first differing step $STEP (-1: identical)" | tee $OUT/h2_greedy.txt
+if [ "$STEP" != "-1" ]; then
+  timeout 40 python $M /tmp/l8q4.gguf $OUT/h2_greedy_off.json $STEP 2>&1 | tail -1 | sed "s/^/off: /" | tee -a $OUT/h2_greedy.txt
+  $ON timeout 40 python $M /tmp/l8q4.gguf $OUT/h2_greedy_off.json $STEP 2>&1 | tail -1 | sed "s/^/on: /" | tee -a $OUT/h2_greedy.txt
+fi
+$ON timeout 100 python benchmarks/profile_decode.py /tmp/l8q4.gguf --graph 2>&1 | grep -v Warn | head -18 | tee $OUT/h2_profile_on.txt
 timeout 100 python benchmarks/profile_decode.py /tmp/l8q4.gguf --graph 2>&1 | grep -v Warn | head -18 | tee $OUT/h2_profile_off.txt
 echo '{}' > /tmp/empty.json
-IMPDIFF_DEFERRED_NORM=1 IMPDIFF_MMA_TABLE=/tmp/empty.json timeout 80 python -m pytest -q -p no:cacheprovider tests/test_kernels.py \
-  -k "fast_model or greedy or dependent" --tb=short 2>&1 | tail -4 | sed "s/^/no table, deferred: /" | tee $OUT/h2_tests.txt
+$ON IMPDIFF_MMA_TABLE=/tmp/empty.json timeout 80 python -m pytest -q -p no:cacheprovider tests/test_kernels.py \
+  -k "fast_model or greedy or dependent or parallel" --tb=short 2>&1 | tail -4 | sed "s/^/no table, on: /" | tee $OUT/h2_tests.txt
 [ -d /tmp/s22 ] && (cd /tmp/s22 && source benchmarks/device_env.sh && IMPDIFF_MMA_TABLE=/tmp/s22/kernels/tuning/NVIDIA_H100_80GB_HBM3.mma.json timeout 90 python -m pytest -q -p no:cacheprovider tests/test_mma_gemv.py -k "norm_in_the_last_block" --tb=short) 2>&1 | tail -3 | sed "s/^/NormAfter: /" | tee -a $OUT/h2_tests.txt
