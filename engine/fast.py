@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 from dataclasses import dataclass
 from itertools import accumulate
 
@@ -28,6 +27,7 @@ import torch
 
 from ..kernels.activation import gated_activation
 from ..kernels.attention import attention, decode_splits
+from ..kernels.launch import fused
 from ..kernels.norm_rope import Unnormed, residual_norm, rope, rope_qkv
 from ..kernels.quant_matmul import (PackedWeight, concat_rows, qgemv, qgemv_gated,
                                     qgemv_residual_norm, qmatmul)
@@ -37,11 +37,6 @@ from .gguf_file import GGUFFile
 from .model import GLOBAL, TapFn, emit, ffn_activation, rope_angles, softcap
 from .packed import pack_gguf
 from .quants import dequantize
-
-# "1": a one-token product over weights of two formats (Q4_K_M's Q+K and V) runs its parts as
-# parallel branches; opt-in until a GPU has timed it (stop 23 built it with none lent)
-CONCURRENT_ENV = "IMPDIFF_CONCURRENT_PROJECTIONS"
-
 
 def unsupported_reason(cfg: ModelConfig) -> str | None:
     spec = cfg.spec
@@ -256,11 +251,11 @@ def _project(h: torch.Tensor | Unnormed, weights: list[PackedWeight]) -> torch.T
 
 
 def _side_by_side(device: torch.device, calls: list) -> None:
-    """Each call; on CUDA under IMPDIFF_CONCURRENT_PROJECTIONS=1, all but the first on side
-    streams forked from the current one and joined back (in a CUDA graph: parallel branches),
-    so that a small product (V: 5 us on the decode path, its grid a quarter of the SMs) runs
-    beside a large one instead of after it."""
-    if device.type != "cuda" or os.environ.get(CONCURRENT_ENV) != "1":
+    """Each call; on CUDA with the "branches" fusion (kernels/launch.py), all but the first
+    on side streams forked from the current one and joined back (in a CUDA graph: parallel
+    branches), so that a small product (V: 5 us on the decode path, its grid a quarter of
+    the SMs) runs beside a large one instead of after it."""
+    if device.type != "cuda" or not fused("branches"):
         for call in calls:
             call()
         return

@@ -9,6 +9,12 @@ store, so results are as with plain stream order, and each lets its successor la
 a kernel may read them before the wait.
 
 IMPDIFF_PDL=0 launches everything in plain stream order (an A/B, or a suspect).
+
+IMPDIFF_FUSIONS names what a one-token step fuses beyond that (comma-separated, or "all"),
+opt-in until a GPU has timed each (stop 23 built them with none lent): "norm", the residual add
+and next RMSNorm inside the i8 GEMVs around it (kernels/mma_gemv.py); "branches", a layer's
+two QKV products of different formats as parallel branches (engine/fast.py); "rope", Q and K
+rotated and K, V written to the cache by the QKV GEMV.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 PDL_ENV = "IMPDIFF_PDL"
+FUSIONS_ENV = "IMPDIFF_FUSIONS"
+FUSIONS = ("norm", "branches", "rope")
 TUNING_DIR = Path(__file__).parent / "tuning"
 
 
@@ -44,6 +52,24 @@ def tuning_table(env: str, suffix: str) -> dict:
         shipped = TUNING_DIR / (torch.cuda.get_device_name().replace(" ", "_") + suffix)
         path = str(shipped) if shipped.is_file() else None
     return json.loads(Path(path).read_text()) if path else {}
+
+
+def fused(name: str) -> bool:
+    """Whether $IMPDIFF_FUSIONS turns on the fusion `name` (one of FUSIONS)."""
+    assert name in FUSIONS, name
+    return name in _fusions(os.environ.get(FUSIONS_ENV, ""))
+
+
+@functools.cache
+def _fusions(value: str) -> frozenset[str]:
+    names = {n.strip() for n in value.split(",") if n.strip()}
+    if names == {"all"}:
+        return frozenset(FUSIONS)
+    unknown = sorted(names - set(FUSIONS))
+    if unknown:
+        raise ValueError(f"{FUSIONS_ENV}: unknown fusion {unknown[0]!r} (expected a comma-"
+                         f"separated list of {', '.join(FUSIONS)}, or all)")
+    return frozenset(names)
 
 
 @functools.cache

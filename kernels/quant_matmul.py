@@ -35,7 +35,6 @@ logic op; 4-bit fields two per shift), and q x sums to 2^(23 - LOW) (sum f x - s
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, replace
 
 import torch
@@ -44,15 +43,12 @@ import triton.language as tl
 
 from . import mma_gemv
 from .activation import ACTIVATIONS, activate, gated_activation
-from .launch import pdl_options, release_dependents, sm_count, tuning_table, wait_inputs
+from .launch import (fused, pdl_options, release_dependents, sm_count, tuning_table,
+                     wait_inputs)
 from .norm_rope import Unnormed, residual_norm
 
 __all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated",
            "qgemv_residual_norm", "dequantize", "qmatmul", "dequantize_reference"]
-
-# "1": the residual add and the next norm inside the GEMVs around them (qgemv_residual_norm);
-# opt-in until a GPU has timed it (stop 23 built it with none lent)
-DEFERRED_NORM_ENV = "IMPDIFF_DEFERRED_NORM"
 
 
 @dataclass(frozen=True)
@@ -564,12 +560,12 @@ def qgemv_residual_norm(a: torch.Tensor, w: PackedWeight, x: torch.Tensor,
                         ) -> tuple[torch.Tensor, torch.Tensor | Unnormed]:
     """(x + W a, y = rms_norm(x + W a) * weight) for one token, a [k], x [n] float32: the
     projection that ends an attention or FFN block, the residual add and the next norm, whose
-    y the products `readers` ((weight, gated activation or None) pairs) take. With
-    IMPDIFF_DEFERRED_NORM=1, where W a and every reader run on the i8 tensor-core GEMV, y is
-    an `Unnormed` that the readers finish, and no norm kernel runs; else the GEMV and
+    y the products `readers` ((weight, gated activation or None) pairs) take. With the
+    "norm" fusion (launch.FUSIONS), where W a and every reader run on the i8 tensor-core GEMV,
+    y is an `Unnormed` that the readers finish, and no norm kernel runs; else the GEMV and
     `residual_norm`."""
     mma = mma_gemv.choose(a, w)
-    if (os.environ.get(DEFERRED_NORM_ENV) == "1" and mma and mma_gemv.ends_with_norm(mma, w, x)
+    if (fused("norm") and mma and mma_gemv.ends_with_norm(mma, w, x)
             and all(_reads_unnormed(x, r, act) for r, act in readers)):
         return mma_gemv.gemv_residual_norm(a, w, mma, x, weight, eps)
     return residual_norm(x, weight, eps, qgemv(a, w))

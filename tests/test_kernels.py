@@ -16,11 +16,10 @@ from impdiff.engine.packed import PACKED_TYPES, pack_gguf, pack_nvfp4
 from impdiff.engine.quants import dequantize as reference_dequantize
 from impdiff.kernels.activation import gated_activation
 from impdiff.kernels.attention import attention
-from impdiff.kernels.launch import PDL_ENV, pdl_options
+from impdiff.kernels.launch import FUSIONS, FUSIONS_ENV, PDL_ENV, fused, pdl_options
 from impdiff.kernels.norm_rope import Unnormed, residual_norm, rope, rope_qkv
-from impdiff.kernels.quant_matmul import (DEFERRED_NORM_ENV, GemvConfig, dequantize,
-                                          dequantize_reference, qgemv, qgemv_gated,
-                                          qgemv_residual_norm, qmatmul)
+from impdiff.kernels.quant_matmul import (GemvConfig, dequantize, dequantize_reference, qgemv,
+                                          qgemv_gated, qgemv_residual_norm, qmatmul)
 from .test_quants import T, random_tensor
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -170,7 +169,7 @@ def test_a_product_its_residual_add_and_norm_read_by_another(qtype, monkeypatch)
     """qgemv_residual_norm, deferred norm allowed: x + W a and its norm, whatever form the
     norm takes (off the i8 kernel a tensor, on it an Unnormed), read by the next product as
     the norm kernel's y would be."""
-    monkeypatch.setenv(DEFERRED_NORM_ENV, "1")
+    monkeypatch.setenv(FUSIONS_ENV, "norm")
     raw, shape = _weight(qtype, rows=256, blocks=2, seed=3)
     w_out = pack_gguf(raw, qtype, shape, DEVICE)
     raw, shape = _weight(qtype, rows=64, blocks=1, seed=4)
@@ -300,25 +299,25 @@ def test_dependent_launches_change_no_token(synth_model, monkeypatch):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_parallel_branches_change_no_token(synth_model, monkeypatch):
-    """IMPDIFF_CONCURRENT_PROJECTIONS=1 (Q+K and V of a Q4_K_M layer as parallel branches)
-    only reorders kernels that share no output: the same logits and greedy tokens."""
-    from impdiff.engine.fast import CONCURRENT_ENV, FastSession, load_fast_model
+    """The "branches" fusion (Q+K and V of a Q4_K_M layer as parallel branches) only
+    reorders kernels that share no output: the same logits and greedy tokens."""
+    from impdiff.engine.fast import FastSession, load_fast_model
 
     model = load_fast_model(synth_model("llama", "Q4_K_M"), "cuda", max_ctx=128)
     assert any(len(layer.qkv) > 1 for layer in model.layers)
     tokens, logits = {}, {}
-    for on in ("0", "1"):
-        monkeypatch.setenv(CONCURRENT_ENV, on)
+    for on in ("", "branches"):
+        monkeypatch.setenv(FUSIONS_ENV, on)
         tokens[on] = FastSession(model).generate_greedy([1, 2, 3, 4], 24)
         logits[on] = FastSession(model).eval([5])  # a one-token step: the graph
-    assert tokens["1"] == tokens["0"]
-    assert torch.equal(logits["1"], logits["0"])
+    assert tokens["branches"] == tokens[""]
+    assert torch.equal(logits["branches"], logits[""])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_deferred_norms_leave_one_norm_kernel_a_step_and_agree(synth_model, tmp_path,
                                                                 monkeypatch):
-    """IMPDIFF_DEFERRED_NORM=1 with every K-quant product of a Q4_K_M model on the i8 kernel
+    """The "norm" fusion with every K-quant product of a Q4_K_M model on the i8 kernel
     (a table naming them all): a decode step runs one norm kernel (the embedding's), its
     logits are the reference model's as closely as the fast path's are, and the graphed
     greedy decode equals the eager one."""
@@ -343,7 +342,7 @@ def test_deferred_norms_leave_one_norm_kernel_a_step_and_agree(synth_model, tmp_
                 [4, 1, 1, 2, "i8"] if in_gate_up else [8, 1, 1, 4, "i8"])
     (tmp_path / "all_i8.mma.json").write_text(json.dumps(table))
     monkeypatch.setenv(mma_gemv.TABLE_ENV, str(tmp_path / "all_i8.mma.json"))
-    monkeypatch.setenv(DEFERRED_NORM_ENV, "1")
+    monkeypatch.setenv(FUSIONS_ENV, "norm")
     tuning_table.cache_clear()
     try:
         token = torch.tensor([7], device="cuda")
@@ -381,6 +380,18 @@ def test_dependent_launch_options_only_where_they_apply(monkeypatch):
     monkeypatch.setenv(PDL_ENV, "1")
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert pdl_options(cuda) == {}
+
+
+def test_fusions_switch_on_by_name_or_all_and_refuse_unknown_names(monkeypatch):
+    monkeypatch.delenv(FUSIONS_ENV, raising=False)
+    assert not any(fused(name) for name in FUSIONS)  # opt-in
+    monkeypatch.setenv(FUSIONS_ENV, "norm, rope")
+    assert [fused(name) for name in FUSIONS] == [True, False, True]
+    monkeypatch.setenv(FUSIONS_ENV, "all")
+    assert all(fused(name) for name in FUSIONS)
+    monkeypatch.setenv(FUSIONS_ENV, "norm,ropes")
+    with pytest.raises(ValueError, match="unknown fusion 'ropes'.*norm, branches, rope"):
+        fused("norm")
 
 
 def test_unsupported_architecture_is_one_clear_error(synth_model):
