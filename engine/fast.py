@@ -29,8 +29,8 @@ from ..kernels.activation import gated_activation
 from ..kernels.attention import attention, decode_splits
 from ..kernels.launch import fused
 from ..kernels.norm_rope import Unnormed, residual_norm, rope, rope_qkv
-from ..kernels.quant_matmul import (PackedWeight, concat_rows, qgemv, qgemv_gated,
-                                    qgemv_residual_norm, qmatmul)
+from ..kernels.quant_matmul import (PackedWeight, RopeAfter, concat_rows, qgemv, qgemv_gated,
+                                    qgemv_residual_norm, qgemv_rope, qmatmul, rope_epilogues)
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_file import GGUFFile
@@ -187,26 +187,58 @@ class FastTransformer:
         T, d = positions.shape[0], L.head_dim
         cos, sin = self.rope_tables[self._rope_key(L)]
         neox = cfg.spec.rope_neox
-        qkv = _project(h, w.qkv).view(T, L.n_head + 2 * L.n_head_kv, d)
-        if tap is None:  # norms, rotations and both cache writes in one kernel
-            q = rope_qkv(qkv, L.n_head, L.n_head_kv, cos, sin, positions, L.n_rot, neox,
-                         self.k_cache[i], self.v_cache[i], w.q_norm, w.k_norm, cfg.rms_eps)
-        else:
-            q, k, v = qkv.split([L.n_head, L.n_head_kv, L.n_head_kv], dim=1)
-            q, k, v = (emit(tap, name, i, t) for name, t in (("Qcur", q), ("Kcur", k),
-                                                             ("Vcur", v)))
-            if w.q_norm is not None:
-                q = emit(tap, "Qcur_normed", i, residual_norm(q, w.q_norm, cfg.rms_eps)[1])
-                k = emit(tap, "Kcur_normed", i, residual_norm(k, w.k_norm, cfg.rms_eps)[1])
-            q = emit(tap, "Qcur_pos", i, rope(q, cos, sin, positions, L.n_rot, neox))
-            k = emit(tap, "Kcur_pos", i, rope(k, cos, sin, positions, L.n_rot, neox))
-            for t, cache in ((k, self.k_cache[i]), (v, self.v_cache[i])):
-                rope(t, cos, sin, positions, 0, neox, out=cache)  # n_rot 0: a copy into rows
+        # one token, "rope" fusion: rotated, and the caches written, by the GEMVs themselves
+        q = self._qkv_rope_in_gemv(i, h, positions) if tap is None else None
+        if q is None:
+            qkv = _project(h, w.qkv).view(T, L.n_head + 2 * L.n_head_kv, d)
+            if tap is None:  # norms, rotations and both cache writes in one kernel
+                q = rope_qkv(qkv, L.n_head, L.n_head_kv, cos, sin, positions, L.n_rot, neox,
+                             self.k_cache[i], self.v_cache[i], w.q_norm, w.k_norm, cfg.rms_eps)
+            else:
+                q = self._qkv_taps(i, qkv, positions, tap)
         window = cfg.sliding_window if L.swa else 0
         splits = self.splits[L.n_head_kv] if T == 1 else 1
         out = emit(tap, "kqv", i, attention(q, self.k_cache[i], self.v_cache[i], positions,
                                              cfg.attn_scale, window, 0.0, splits))
         return emit(tap, "kqv_out", i, out.reshape(T, L.n_head * d))
+
+    def _qkv_taps(self, i: int, qkv: torch.Tensor, positions: torch.Tensor,
+                  tap: TapFn) -> torch.Tensor:
+        """Q/K norms, rotations and cache writes one step at a time, each showing its tap."""
+        cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
+        cos, sin = self.rope_tables[self._rope_key(L)]
+        neox = cfg.spec.rope_neox
+        q, k, v = qkv.split([L.n_head, L.n_head_kv, L.n_head_kv], dim=1)
+        q, k, v = (emit(tap, name, i, t) for name, t in (("Qcur", q), ("Kcur", k),
+                                                         ("Vcur", v)))
+        if w.q_norm is not None:
+            q = emit(tap, "Qcur_normed", i, residual_norm(q, w.q_norm, cfg.rms_eps)[1])
+            k = emit(tap, "Kcur_normed", i, residual_norm(k, w.k_norm, cfg.rms_eps)[1])
+        q = emit(tap, "Qcur_pos", i, rope(q, cos, sin, positions, L.n_rot, neox))
+        k = emit(tap, "Kcur_pos", i, rope(k, cos, sin, positions, L.n_rot, neox))
+        for t, cache in ((k, self.k_cache[i]), (v, self.v_cache[i])):
+            rope(t, cos, sin, positions, 0, neox, out=cache)  # n_rot 0: a copy into rows
+        return q
+
+    def _qkv_rope_in_gemv(self, i: int, h, positions: torch.Tensor) -> torch.Tensor | None:
+        """One token's Q [1, n_head, head_dim], with the "rope" fusion where every QKV product
+        runs on the i8 kernel (and no Q/K norm, llama's pairs): the GEMVs rotate Q and K and
+        write K and V into the caches. None where they cannot."""
+        cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
+        x = _one_token(h)
+        if x is None or not fused("rope") or w.q_norm is not None or cfg.spec.rope_neox:
+            return None
+        d = L.head_dim
+        q = torch.empty(1, L.n_head, d, device=self.device, dtype=torch.float32)
+        cos, sin = self.rope_tables[self._rope_key(L)]
+        parts = rope_epilogues(x, w.qkv, RopeAfter(positions, cos, sin, q, self.k_cache[i],
+                                                   self.v_cache[i], L.n_head * d,
+                                                   L.n_head_kv * d, d, L.n_rot))
+        if parts is None:
+            return None
+        _side_by_side(self.device, [functools.partial(qgemv_rope, x, weight, rope)
+                                    for weight, rope in zip(w.qkv, parts)])
+        return q
 
     def mlp(self, i: int, h: torch.Tensor | Unnormed, tap: TapFn | None) -> torch.Tensor:
         """The gated activation that ffn_down multiplies (`residual` does)."""

@@ -142,23 +142,27 @@ def _capability(device: torch.device) -> tuple[int, int]:
 
 
 def build_args(device: torch.device, cfg: MmaConfig, act: int, pdl: bool,
-               fmt: str = "q4_k", norm_out: bool = False, norm_in: bool = False
-               ) -> tuple[Path, str, dict[str, int]]:
+               fmt: str = "q4_k", flags: frozenset[str] = frozenset(),
+               min_blocks: int | None = None) -> tuple[Path, str, dict[str, int]]:
     """What `cuda_driver.compile_cubin` builds for `cfg` and format `fmt` on `device` (a sweep
-    compiles many configs in parallel before it times them); `norm_out`: ending with the
-    residual add and an `Unnormed`, `norm_in`: reading one."""
+    compiles many configs in parallel before it times them); `flags`: the i8 kernel's
+    optional prologue and epilogue (NORM_IN, NORM_OUT, ROPE: kquant_imma_gemv.cu), and
+    `min_blocks` its register cap where they take more registers than the plain kernel."""
     major, minor = _capability(device)
     defines = dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps,
-                   PDL=int(pdl), ACT=act)
-    flags = {"Q6K": fmt == "q6_k", "NORM_OUT": norm_out, "NORM_IN": norm_in}
-    defines.update({name: 1 for name, on in flags.items() if on})
+                   PDL=int(pdl), ACT=act, **{flag: 1 for flag in flags})
+    if fmt == "q6_k":
+        defines["Q6K"] = 1
+    if min_blocks:
+        defines["MIN_BLOCKS"] = min_blocks
     return SOURCES[cfg.operands], f"sm_{major}{minor}", defines
 
 
 @functools.cache
 def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, fmt: str = "q4_k",
-            norm_out: bool = False, norm_in: bool = False) -> cuda_driver.Kernel:
-    source, arch, defines = build_args(device, cfg, act, pdl, fmt, norm_out, norm_in)
+            flags: frozenset[str] = frozenset(), min_blocks: int | None = None
+            ) -> cuda_driver.Kernel:
+    source, arch, defines = build_args(device, cfg, act, pdl, fmt, flags, min_blocks)
     return cuda_driver.Kernel(cuda_driver.compile_cubin(source, arch, defines), source.stem,
                               device)
 
@@ -236,19 +240,63 @@ def gemv_residual_norm(a: torch.Tensor | Unnormed, w, config: MmaConfig, x: torc
     weight [n] float32, in one launch (`ends_with_norm`)."""
     assert ends_with_norm(config, w, x), f"{config} ends with no norm over {w.n} rows"
     x_out, u = torch.empty_like(x), torch.empty_like(x)
-    partials = _launch(a, w, config, None, None, (x, x_out, weight.contiguous(), u))
+    partials = _launch(a, w, config, None, None, norm_out=(x, x_out, weight.contiguous(), u))
     return x_out, Unnormed(u, partials, eps)
 
 
-def _launch(x, w, cfg: MmaConfig, out, act, norm_out: tuple | None = None) -> torch.Tensor:
-    """One launch of `cfg`'s kernel: the product, or with `norm_out` = (x, x_out, weight, u)
-    the blocks' sums of squares (NORM_OUT)."""
+@dataclass(frozen=True)
+class RopeAfter:
+    """Where the i8 kernel's ROPE epilogue puts one token's rows of a fused [Q; K; V]
+    projection (as norm_rope.rope_qkv, llama's pairs 2i, 2i + 1): Q rotated into q (float32,
+    q_rows values), K rotated and V as it is into row positions[0] of the fp16 caches [S,
+    k_rows]; `row0`: the weight's first row in [Q; K; V] (Q+K and V may be two weights)."""
+
+    positions: torch.Tensor  # int32 [1], on the device
+    cos: torch.Tensor  # float32 [S, n_rot / 2]
+    sin: torch.Tensor
+    q: torch.Tensor
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    q_rows: int
+    k_rows: int
+    head_dim: int
+    n_rot: int
+    row0: int = 0
+
+
+def takes_rope(config: MmaConfig, w, rope: RopeAfter) -> bool:
+    """Whether `config`'s kernel can end W x with `rope`: the i8 kernel in one split, whole row
+    blocks (a pair never straddles two), pairs at even rows."""
+    caches = (rope.k_cache, rope.v_cache)
+    return (config.operands == "i8" and config.split_k == 1 and w.n % 16 == 0
+            and rope.row0 % 2 == 0 and rope.head_dim % 2 == 0 and rope.n_rot % 2 == 0
+            and rope.row0 + w.n <= rope.q_rows + 2 * rope.k_rows
+            and all(c.dtype == torch.float16 and c.is_contiguous()
+                    and c[0].numel() == rope.k_rows for c in caches)
+            and rope.q.dtype == torch.float32 and rope.q.is_contiguous()
+            and rope.q.numel() == rope.q_rows and rope.positions.dtype == torch.int32
+            and all(t.dtype == torch.float32 and t.is_contiguous()
+                    and t.shape[1] == rope.n_rot // 2 for t in (rope.cos, rope.sin)))
+
+
+def gemv_rope(x: torch.Tensor | Unnormed, w, config: MmaConfig, rope: RopeAfter) -> None:
+    """W x for one token stored as `rope` says (`takes_rope`), in one launch."""
+    assert takes_rope(config, w, rope), f"{config} ends with no RoPE over {w.n} rows"
+    _launch(x, w, config, None, None, rope=rope)
+
+
+def _launch(x, w, cfg: MmaConfig, out, act, norm_out: tuple | None = None,
+            rope: RopeAfter | None = None) -> torch.Tensor | None:
+    """One launch of `cfg`'s kernel: the product; with `norm_out` = (x, x_out, weight, u), the
+    blocks' sums of squares (NORM_OUT); with `rope`, None (ROPE)."""
     gated, unnormed = act is not None, isinstance(x, Unnormed)
     xv = x.u if unnormed else x
+    flags = frozenset(name for name, on in (("NORM_IN", unnormed), ("NORM_OUT", norm_out),
+                                            ("ROPE", rope)) if on)
     assert cfg.fits(w, gated), f"{cfg} does not cover {w.n} rows{' gated' if gated else ''}"
     assert cfg.takes(xv), f"{cfg} needs x at a 16-byte boundary"
     assert w.fmt.name in MULTIPLIES[cfg.operands], f"{cfg.operands} takes no {w.fmt.name}"
-    assert cfg.operands == "i8" or not (unnormed or norm_out), "only the i8 kernel norms"
+    assert cfg.operands == "i8" or not flags, f"the f16 kernel has no {sorted(flags)}"
     assert xv.numel() == w.k, f"x of {xv.numel()} values for {w.k} columns"
     assert not unnormed or _stageable(x.partials), "sums the kernel cannot copy as they are"
     supers = w.k // 256
@@ -258,8 +306,8 @@ def _launch(x, w, cfg: MmaConfig, out, act, norm_out: tuple | None = None) -> to
     block_rows = ROWS_PER_BLOCK[cfg.operands] // (2 if gated else 1)
     tasks = -(-rows_out // (block_rows * cfg.row_blocks))
     assert cfg.warps % cfg.k_warps == 0, "a block holds whole groups of k_warps"
-    if norm_out:
-        partial = norm_out[1]  # (unwritten: the kernel stores x_out and u instead)
+    if norm_out or rope:
+        partial = norm_out[1] if norm_out else rope.q  # (unwritten: the epilogue stores)
     elif out is None or splits > 1:
         partial = torch.empty((splits, rows_out), device=xv.device, dtype=torch.float32)
     else:
@@ -267,28 +315,45 @@ def _launch(x, w, cfg: MmaConfig, out, act, norm_out: tuple | None = None) -> to
     pdl = pdl_enabled(xv.device)
     q6k = w.fmt.name == "q6_k"
     b = w.h if q6k else w.b  # the i8 kernel's third plane: Q4_K's offsets, or Q6_K's top bits
-    kernel = _kernel(xv.device, cfg, ACT_CODES[act], pdl, w.fmt.name, norm_out is not None,
-                     unnormed)
+    threads = 32 * cfg.warps
     shared = per_split * SHARED_PER_TILE[cfg.operands + (" q6_k" if q6k else "")] + (
         cfg.warps * cfg.row_blocks * ROWS_PER_BLOCK[cfg.operands] * 4 if cfg.k_warps > 1 else 0)
-    # no more blocks than the SMs hold at once: the warps stride over the tasks (the kernel)
-    resident = kernel.blocks_per_sm(32 * cfg.warps, shared) * sm_count(xv.device)
-    blocks = max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))
+
+    def grid(kernel) -> int:  # no more blocks than the SMs hold at once: the warps stride
+        resident = kernel.blocks_per_sm(threads, shared) * sm_count(xv.device)
+        return max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))
+
+    variant = functools.partial(_kernel, xv.device, cfg, ACT_CODES[act], pdl, w.fmt.name)
+    kernel = variant()
+    if flags:
+        # the flags' code may take registers enough to lose the plain kernel's grid (the one
+        # the sweep timed): then its registers are capped to hold the plain kernel's blocks
+        plain, kernel = kernel, variant(flags)
+        if grid(kernel) < grid(plain):
+            kernel = variant(flags, plain.blocks_per_sm(threads, shared))
+    blocks = grid(kernel)
     if norm_out:  # (the warps stride over the tasks of any grid)
         blocks = min(blocks, NORM_PARTS)
     strides = (w.q.stride(0), w.s.stride(0), b.stride(0), w.sd.stride(0) // 2, float(w.alpha))
     if cfg.operands == "f16":
         tail = (F16_1024,)
-    else:  # NORM_OUT's residual, x_out, norm weight, u, sums; NORM_IN's sums, their count, eps
+    else:  # NORM_OUT's residual, x_out, norm weight, u, sums; NORM_IN's sums, their count,
+        # eps; ROPE's position, cos, sin, q, caches, first row, Q and K rows, head and rotated
+        # dims, cache row length (unused ones: any pointer, zeros)
         ss = (torch.empty(-(-blocks // 4) * 4, device=xv.device, dtype=torch.float32)
               if norm_out else None)  # (zero-padded by the kernel: readers copy 16 bytes)
         tail = (*norm_out, ss) if norm_out else (xv, partial, xv, partial, partial)
         tail += ((x.partials, x.partials.numel(), float(x.eps)) if unnormed else (xv, 0, 0.0))
-    kernel((blocks, splits), 32 * cfg.warps, shared,
-           torch.cuda.current_stream(xv.device).cuda_stream,
+        tail += ((rope.positions, rope.cos, rope.sin, rope.q, rope.k_cache, rope.v_cache,
+                  rope.row0, rope.q_rows, rope.k_rows, rope.head_dim, rope.n_rot,
+                  rope.k_rows) if rope else (xv, xv, xv, partial, partial, partial,
+                                              0, 0, 0, 0, 0, 0))
+    kernel((blocks, splits), threads, shared, torch.cuda.current_stream(xv.device).cuda_stream,
            xv, partial, w.q, w.s, b, w.sd, w.n, supers, per_split, *strides, *tail, pdl=pdl)
     if norm_out:
         return ss
+    if rope:
+        return None
     if splits == 1:
         return partial.view(rows_out)
     return torch.sum(partial, dim=0, out=out)

@@ -42,13 +42,15 @@ import triton
 import triton.language as tl
 
 from . import mma_gemv
+from .mma_gemv import RopeAfter
 from .activation import ACTIVATIONS, activate, gated_activation
 from .launch import (fused, pdl_options, release_dependents, sm_count, tuning_table,
                      wait_inputs)
 from .norm_rope import Unnormed, residual_norm
 
 __all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated",
-           "qgemv_residual_norm", "dequantize", "qmatmul", "dequantize_reference"]
+           "qgemv_residual_norm", "qgemv_rope", "rope_epilogues", "RopeAfter", "dequantize",
+           "qmatmul", "dequantize_reference"]
 
 
 @dataclass(frozen=True)
@@ -569,6 +571,27 @@ def qgemv_residual_norm(a: torch.Tensor, w: PackedWeight, x: torch.Tensor,
             and all(_reads_unnormed(x, r, act) for r, act in readers)):
         return mma_gemv.gemv_residual_norm(a, w, mma, x, weight, eps)
     return residual_norm(x, weight, eps, qgemv(a, w))
+
+
+def rope_epilogues(x: torch.Tensor | Unnormed, weights: list[PackedWeight],
+                   rope: RopeAfter) -> list[RopeAfter] | None:
+    """Each weight's `rope` (its first row in [Q; K; V]) for a one-token QKV projection over
+    `weights` in order, where every product runs on the i8 tensor-core GEMV and can end by
+    rotating and storing its rows (`qgemv_rope`); else None."""
+    parts, row0 = [], 0
+    for w in weights:
+        part = replace(rope, row0=row0)
+        cfg = mma_gemv.choose(x, w)
+        if cfg is None or not mma_gemv.takes_rope(cfg, w, part):
+            return None
+        parts.append(part)
+        row0 += w.n
+    return parts
+
+
+def qgemv_rope(x: torch.Tensor | Unnormed, w: PackedWeight, rope: RopeAfter) -> None:
+    """W x for one token, its Q and K rows rotated and stored, V's stored (`rope_epilogues`)."""
+    mma_gemv.gemv_rope(x, w, mma_gemv.choose(x, w), rope)
 
 
 def _reads_unnormed(like: torch.Tensor, w: PackedWeight, act: str | None) -> bool:

@@ -315,12 +315,13 @@ def test_parallel_branches_change_no_token(synth_model, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_deferred_norms_leave_one_norm_kernel_a_step_and_agree(synth_model, tmp_path,
-                                                                monkeypatch):
-    """The "norm" fusion with every K-quant product of a Q4_K_M model on the i8 kernel
-    (a table naming them all): a decode step runs one norm kernel (the embedding's), its
-    logits are the reference model's as closely as the fast path's are, and the graphed
-    greedy decode equals the eager one."""
+@pytest.mark.parametrize("fusions", ["norm", "norm,rope", "all"])
+def test_fused_steps_leave_their_kernels_out_and_agree(synth_model, tmp_path, monkeypatch,
+                                                       fusions):
+    """The fusions with every K-quant product of a Q4_K_M model on the i8 kernel (a table
+    naming them all): a decode step runs one norm kernel (the embedding's), and with "rope" no
+    RoPE kernel; its logits are the reference model's as closely as the fast path's are, and
+    the graphed greedy decode equals the eager one."""
     import json
 
     from impdiff.engine.fast import FastSession, load_fast_model
@@ -342,7 +343,7 @@ def test_deferred_norms_leave_one_norm_kernel_a_step_and_agree(synth_model, tmp_
                 [4, 1, 1, 2, "i8"] if in_gate_up else [8, 1, 1, 4, "i8"])
     (tmp_path / "all_i8.mma.json").write_text(json.dumps(table))
     monkeypatch.setenv(mma_gemv.TABLE_ENV, str(tmp_path / "all_i8.mma.json"))
-    monkeypatch.setenv(FUSIONS_ENV, "norm")
+    monkeypatch.setenv(FUSIONS_ENV, fusions)
     tuning_table.cache_clear()
     try:
         token = torch.tensor([7], device="cuda")
@@ -351,6 +352,8 @@ def test_deferred_norms_leave_one_norm_kernel_a_step_and_agree(synth_model, tmp_
             torch.cuda.synchronize()
         names = [e.name for e in prof.events() if e.device_type.name == "CUDA"]
         assert sum("_residual_norm_kernel" in n for n in names) == 1
+        ropes = sum("_rope_kernel" in n for n in names)
+        assert ropes == (0 if "rope" in fusions or fusions == "all" else len(model.layers))
         assert sum("kquant_imma_gemv" in n for n in names) >= 4 * len(model.layers) + 1
         reference = Session(load_gguf_model(path, "cpu").model, n_ctx=64)
         fast = FastSession(model)

@@ -8,6 +8,8 @@ for sm_90 (nvcc ships on the CI machine) and the dispatch is checked; on a GPU e
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -38,17 +40,19 @@ def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 @pytest.mark.skipif(cuda_driver.nvcc_path() is None, reason="no nvcc")
 @pytest.mark.parametrize("operands", ["f16", "i8", "i8 q6_k", "i8 norm_out", "i8 q6_k norm_out",
-                                      "i8 norm_in", "i8 q6_k norm_in"])
+                                      "i8 norm_in", "i8 q6_k norm_in", "i8 rope",
+                                      "i8 q6_k norm_in rope capped"])
 @pytest.mark.parametrize("act,k_warps", [(0, 1), (1, 1), (2, 1), (0, 4), (1, 2)])
 def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act, k_warps, operands):
     monkeypatch.setenv(cuda_driver.CACHE_ENV, str(tmp_path))
     kind, *flags = operands.split()
-    if "norm_out" in flags and act:
-        pytest.skip("the residual add follows a plain product")
+    if ("norm_out" in flags or "rope" in flags) and act:
+        pytest.skip("the residual add and RoPE follow a plain product")
     source = mma_gemv.SOURCES[kind]
     defines = dict(WARPS=8, ROW_BLOCKS=2, ACT=act, KSPLIT=k_warps, PDL=1,
-                   **{flag.upper(): 1 for flag in flags if flag != "q6_k"},
-                   Q6K=int("q6_k" in flags))
+                   Q6K=int("q6_k" in flags), MIN_BLOCKS=2 if "capped" in flags else None,
+                   **{f.upper(): 1 for f in flags if f not in ("q6_k", "capped")})
+    defines = {name: value for name, value in defines.items() if value is not None}
     image = cuda_driver.compile_cubin(source, "sm_90", defines)
     assert image[:4] == b"\x7fELF"
     assert list(tmp_path.glob("*.cubin")), "the cubin is cached"
@@ -286,6 +290,46 @@ def test_a_norm_between_two_products_matches_the_norm_kernel():
     graph.replay()
     torch.cuda.synchronize()
     assert torch.equal(captured, chained())
+
+
+@needs_gpu
+@pytest.mark.parametrize("split", [False, True], ids=["qkv", "qk+v"])
+@pytest.mark.parametrize("unnormed", [False, True], ids=["x", "unnormed"])
+def test_rope_epilogue_stores_as_rope_qkv(split, unnormed):
+    """ROPE: a one-token [Q; K; V] projection rotated and stored by the GEMV's epilogue as the
+    kernel's plain product and rope_qkv store it: Q to q, K and V into the caches' row at the
+    position and nowhere else; as one Q4_K weight or Q+K (Q4_K) and V (Q6_K), x a tensor or
+    an Unnormed (NORM_IN with ROPE: the capped registers' variant where it needs one)."""
+    from impdiff.engine.model import rope_angles
+    from impdiff.kernels.norm_rope import rope_qkv
+
+    n_q, n_kv, d, k = 8, 2, 64, 1024
+    weights = ([_weight((n_q + n_kv) * d, k, "cuda", seed=22),
+                _weight(n_kv * d, k, "cuda", seed=23, qtype=T.Q6_K)] if split
+               else [_weight((n_q + 2 * n_kv) * d, k, "cuda", seed=22)])
+    x = (_unnormed(k, "cuda", seed=24)[0] if unnormed
+         else torch.randn(k, device="cuda", generator=torch.Generator("cuda").manual_seed(24)))
+    positions = torch.tensor([5], dtype=torch.int32, device="cuda")
+    cos, sin = rope_angles(torch.arange(16, device="cuda"), d, 10000.0, 1.0, None)
+    cfg = mma_gemv.MmaConfig(8, 1, 1, 8, "i8")
+
+    def caches():
+        return [torch.zeros(16, n_kv, d, dtype=torch.float16, device="cuda") for _ in range(2)]
+
+    qkv = torch.cat([mma_gemv.gemv(x, w, cfg) for w in weights]).view(1, n_q + 2 * n_kv, d)
+    want_k, want_v = caches()
+    want_q = rope_qkv(qkv, n_q, n_kv, cos, sin, positions, d, False, want_k, want_v)
+    q, (k_cache, v_cache) = torch.empty(1, n_q, d, device="cuda"), caches()
+    rope, row0 = mma_gemv.RopeAfter(positions, cos, sin, q, k_cache, v_cache, n_q * d,
+                                    n_kv * d, d, d), 0
+    for w in weights:
+        mma_gemv.gemv_rope(x, w, cfg, replace(rope, row0=row0))
+        row0 += w.n
+    torch.cuda.synchronize()
+    assert (q - want_q).abs().max() <= 1e-6 * want_q.abs().max()  # the rotation's rounding
+    assert (k_cache.float() - want_k.float()).abs().max() <= 1e-3 * want_k.abs().max()
+    assert torch.equal(v_cache, want_v)  # the same floats rounded once
+    assert not k_cache[:5].any() and not k_cache[6:].any() and not v_cache[6:].any()
 
 
 @pytest.fixture

@@ -66,7 +66,14 @@
 #define NORM_IN 0
 #endif
 #define NORM_PARTS 256  // most blocks of a NORM_OUT grid (mma_gemv.NORM_PARTS)
-static_assert(!(NORM_OUT && ACT), "the residual add follows a plain product");
+// ROPE: the rows are those of a fused [Q; K; V] projection for one token (from row rope_row0
+// on): Q's and K's rotated (pairs 2i, 2i + 1: llama's GGUF order) and stored as rope_qkv
+// (norm_rope.py) stores them, Q to q_out, K and V into the fp16 caches' row at the position.
+// A pair is rows g and g + 1 of a row block: lanes 4 apart, one shuffle.
+#ifndef ROPE
+#define ROPE 0
+#endif
+static_assert(!(NORM_OUT && ACT) && !(ROPE && (ACT || NORM_OUT)), "one epilogue a product");
 
 __device__ __forceinline__ void imma(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                      uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -156,7 +163,16 @@ __device__ __forceinline__ Rows load_rows(const Base& a, int tt, uint64_t pol) {
   return r;
 }
 
-extern "C" __global__ void __launch_bounds__(WARPS * 32)
+// MIN_BLOCKS (the launcher's, for a variant with the flags above): registers capped so that an
+// SM holds as many blocks as of the plain kernel, where the flags' code took more (named only
+// then: ptxas allocates differently even for a cap it would meet anyway)
+#ifdef MIN_BLOCKS
+#define BOUNDS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
+#else
+#define BOUNDS __launch_bounds__(WARPS * 32)
+#endif
+
+extern "C" __global__ void BOUNDS
 kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
                  const uint32_t* __restrict__ q, const uint8_t* __restrict__ s,
                  const void* __restrict__ b, const uint32_t* __restrict__ sd, int n, int tiles,
@@ -164,7 +180,10 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
                  float alpha, const float* __restrict__ resid, float* __restrict__ resid_out,
                  const float* __restrict__ norm_w, float* __restrict__ unnormed,
                  float* __restrict__ ss_out, const float* __restrict__ ss_in, int n_ss,
-                 float eps) {
+                 float eps, const int* __restrict__ positions, const float* __restrict__ rope_cos,
+                 const float* __restrict__ rope_sin, float* __restrict__ q_out,
+                 __half* __restrict__ k_cache, __half* __restrict__ v_cache, int rope_row0,
+                 int q_rows, int k_rows, int head_dim, int n_rot, int cache_stride) {
   extern __shared__ uint4 smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int t_lo = blockIdx.y * tiles_per_split;
@@ -203,18 +222,30 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
       acc[r][0] = acc[r][1] = 0.0f;
     }
   };
+#if NORM_OUT || ROPE
+  // what the epilogue reads besides the product, per row (NORM_OUT: the residual and the norm
+  // weight; ROPE: the row's cos and sin), loaded while the task runs: no round trip to L2
+  // between its product and its stores
+  float extra[ROW_BLOCKS][2][2];
 #if NORM_OUT
   float ss = 0.0f;  // this lane's rows' share of sum(x_out^2)
-  // the task's rows of x and of the norm weight, loaded while it runs: no round trip to L2
-  // between its product and its stores
-  float resid_v[ROW_BLOCKS][2], norm_v[ROW_BLOCKS][2];
-  auto load_resid = [&] {
+#else
+  int pos = 0;
+#endif
+  auto prefetch_epilogue = [&] {
 #pragma unroll
     for (int r = 0; r < ROW_BLOCKS; r++)
 #pragma unroll
       for (int h = 0; h < 2; h++) {
-        resid_v[r][h] = __ldcg(resid + row[r][h]);
-        norm_v[r][h] = norm_w[row[r][h]];
+#if NORM_OUT
+        extra[r][h][0] = __ldcg(resid + row[r][h]);
+        extra[r][h][1] = norm_w[row[r][h]];
+#elif ROPE
+        const int d = (rope_row0 + row[r][h]) % head_dim, i = pos * (n_rot / 2) + d / 2;
+        const bool turns = d < n_rot && rope_row0 + row[r][h] < q_rows + k_rows;
+        extra[r][h][0] = turns ? rope_cos[i] : 1.0f;
+        extra[r][h][1] = turns ? rope_sin[i] : 0.0f;
+#endif
       }
   };
 #endif
@@ -224,8 +255,11 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
   copy_async(raw, x + (size_t)t_lo * 256, nt * 64);
-#if NORM_OUT
-  if (task < w.count) load_resid();  // (the residual: an earlier kernel's output)
+#if ROPE
+  pos = __ldcg(positions);  // (the step's position: a buffer the graph fills)
+#endif
+#if NORM_OUT || ROPE
+  if (task < w.count) prefetch_epilogue();  // (the residual: an earlier kernel's output)
 #endif
 #if NORM_IN
   // the producer's block sums (at most NORM_PARTS, zero-padded to 16 bytes) copied beside x:
@@ -422,6 +456,13 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
       val[r][h] = v;
     }
   add_k_parts(red, val, w, g, t == 0);
+#if ROPE
+  float mate[ROW_BLOCKS][2];  // the other row of each row's pair (all lanes shuffle)
+#pragma unroll
+  for (int r = 0; r < ROW_BLOCKS; r++)
+#pragma unroll
+    for (int h = 0; h < 2; h++) mate[r][h] = __shfl_xor_sync(FULL, val[r][h], 4);
+#endif
 #pragma unroll
   for (int r = 0; r < ROW_BLOCKS; r++) {
     if (first0 + r * STEP < rows_out && t == 0 && w.kpart == 0) {
@@ -431,11 +472,25 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
 #pragma unroll
       for (int h = 0; h < 2; h++) {
         const int i = row[r][h];
-        const float v = resid_v[r][h] + val[r][h] * alpha;
+        const float v = extra[r][h][0] + val[r][h] * alpha;
         resid_out[i] = v;
-        unnormed[i] = v * norm_v[r][h];
+        unnormed[i] = v * extra[r][h][1];
         // a partial last row block's rows before its nominal start are the previous one's
         if (i >= first0 + r * STEP) ss = fmaf(v, v, ss);
+      }
+#elif ROPE
+#pragma unroll
+      for (int h = 0; h < 2; h++) {
+        const int i = rope_row0 + row[r][h];
+        const float v = val[r][h] * alpha, m = mate[r][h] * alpha;
+        const float c = extra[r][h][0], sn = extra[r][h][1];  // 1, 0: V, and dims past n_rot
+        const float y = (i & 1) ? m * sn + v * c : v * c - m * sn;
+        if (i < q_rows)
+          q_out[i] = y;
+        else if (i < q_rows + k_rows)
+          k_cache[(size_t)pos * cache_stride + i - q_rows] = __float2half_rn(y);
+        else
+          v_cache[(size_t)pos * cache_stride + i - q_rows - k_rows] = __float2half_rn(v);
       }
 #else
       out[(size_t)blockIdx.y * n + row[r][0]] = val[r][0] * alpha;
@@ -445,8 +500,8 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   }
   if (task + w.stride < w.count) {
     start(task + w.stride);
-#if NORM_OUT
-    load_resid();
+#if NORM_OUT || ROPE
+    prefetch_epilogue();
 #endif
   }
   }
