@@ -1,6 +1,7 @@
 """Instructions a weight value in the tensor-core K-quant GEMVs' main loop, from their sm_90 SASS.
 
     python benchmarks/sass_loop.py [--config 8/2/1/1] [--act silu] [--arch sm_90]
+        [--flags NORM_IN,ROPE] [--min-blocks 3]
 
 Needs nvcc and cuobjdump (CUDA_HOME, or the copy Triton ships), no GPU. Compiles each kernel of
 `mma_gemv.SOURCES` as the launcher would, finds the innermost loop holding its mma
@@ -69,24 +70,31 @@ def main():
     ap.add_argument("--act", default="silu", choices=[k for k in mma_gemv.ACT_CODES if k] +
                     ["none"], help="the gated epilogue's activation, or none")
     ap.add_argument("--arch", default="sm_90")
+    ap.add_argument("--flags", default="", help="the i8 kernel's NORM_IN, NORM_OUT, ROPE")
+    ap.add_argument("--min-blocks", type=int, help="its register cap (MIN_BLOCKS)")
     args = ap.parse_args()
     warps, row_blocks, split_k, k_warps = map(int, args.config.split("/"))
     act = mma_gemv.ACT_CODES[None if args.act == "none" else args.act]
+    flags = frozenset(f for f in args.flags.split(",") if f)
     for operands, fmt in ((kind, fmt) for kind, fmts in mma_gemv.MULTIPLIES.items()
-                          for fmt in fmts):
+                          for fmt in fmts if kind == "i8" or not flags):
         source = mma_gemv.SOURCES[operands]
         cfg = mma_gemv.MmaConfig(warps, row_blocks, split_k, k_warps, operands)
-        defines = dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps, PDL=1,
-                       ACT=act, Q6K=int(fmt == "q6_k"))
+        defines = mma_gemv.defines(cfg, act, True, fmt, flags, args.min_blocks)
         with tempfile.TemporaryDirectory() as tmp:
             cubin = Path(tmp) / "k.cubin"
             cubin.write_bytes(cuda_driver.compile_cubin(source, args.arch, defines))
-            sass = subprocess.run([cuobjdump(), "-sass", str(cubin)], capture_output=True,
-                                  text=True, check=True).stdout
+            sass, usage = (subprocess.run([cuobjdump(), option, str(cubin)], capture_output=True,
+                                          text=True, check=True).stdout
+                           for option in ("-sass", "-res-usage"))
+        registers = re.search(r"REG:(\d+)", usage).group(1)
         length, values, mix = loop_mix(sass)
         top = ", ".join(f"{op} {n}" for op, n in mix.most_common(8))
-        print(f"{operands} {fmt} {args.config} act={args.act}: loop of {length} instructions over "
-              f"{values:.0f} weight values a lane: {length / values:.2f} a value ({top})")
+        variant = "".join(f" {f}" for f in sorted(flags)) + (
+            f" MIN_BLOCKS={args.min_blocks}" if args.min_blocks else "")
+        print(f"{operands} {fmt}{variant} {args.config} act={args.act}: {registers} registers, "
+              f"loop of {length} instructions over {values:.0f} weight values a lane: "
+              f"{length / values:.2f} a value ({top})")
 
 
 if __name__ == "__main__":

@@ -149,13 +149,21 @@ def build_args(device: torch.device, cfg: MmaConfig, act: int, pdl: bool,
     optional prologue and epilogue (NORM_IN, NORM_OUT, ROPE: kquant_imma_gemv.cu), and
     `min_blocks` its register cap where they take more registers than the plain kernel."""
     major, minor = _capability(device)
-    defines = dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps,
-                   PDL=int(pdl), ACT=act, **{flag: 1 for flag in flags})
+    return (SOURCES[cfg.operands], f"sm_{major}{minor}",
+            defines(cfg, act, pdl, fmt, flags, min_blocks))
+
+
+def defines(cfg: MmaConfig, act: int, pdl: bool, fmt: str = "q4_k",
+            flags: frozenset[str] = frozenset(), min_blocks: int | None = None
+            ) -> dict[str, int]:
+    """The compile-time config of `cfg`'s kernel (`build_args`)."""
+    out = dict(WARPS=cfg.warps, ROW_BLOCKS=cfg.row_blocks, KSPLIT=cfg.k_warps, PDL=int(pdl),
+               ACT=act, **{flag: 1 for flag in flags})
     if fmt == "q6_k":
-        defines["Q6K"] = 1
+        out["Q6K"] = 1
     if min_blocks:
-        defines["MIN_BLOCKS"] = min_blocks
-    return SOURCES[cfg.operands], f"sm_{major}{minor}", defines
+        out["MIN_BLOCKS"] = min_blocks
+    return out
 
 
 @functools.cache
