@@ -28,9 +28,9 @@ import torch
 from ..kernels.activation import gated_activation
 from ..kernels.attention import attention, decode_splits
 from ..kernels.launch import fused
-from ..kernels.norm_rope import Unnormed, residual_norm, rope, rope_qkv
+from ..kernels.norm_rope import residual_norm, rope, rope_qkv
 from ..kernels.quant_matmul import (PackedWeight, RopeAfter, concat_rows, qgemv, qgemv_gated,
-                                    qgemv_residual_norm, qgemv_rope, qmatmul, rope_epilogues)
+                                    qgemv_rope, qmatmul, rope_epilogues)
 from .config import ModelConfig
 from .errors import ModelLoadError
 from .gguf_file import GGUFFile
@@ -147,35 +147,28 @@ class FastTransformer:
         h = emit(tap, "attn_norm", 0, h)
         for i, w in enumerate(self.layers):
             a = self.attention(i, h, positions, tap)
-            x, h = self.residual(x, a, w.wo, w.attn_post_norm, w.ffn_norm, _ffn_readers(w, cfg),
-                                 tap, (("attn_out", i), ("attn_post_norm", i), ("ffn_inp", i),
-                                       ("ffn_norm", i)))
+            a = emit(tap, "attn_out", i, qmatmul(a, w.wo))
+            x, h = self.residual(x, a, w.attn_post_norm, w.ffn_norm, tap,
+                                 (("attn_post_norm", i), ("ffn_inp", i), ("ffn_norm", i)))
             f = self.mlp(i, h, tap)
             last = i == cfg.n_layer - 1
             norm = self.output_norm if last else self.layers[i + 1].attn_norm
-            readers = [(self.output, None)] if last else [(q, None) for q in self.layers[i + 1].qkv]
-            x, h = self.residual(x, f, w.down, w.ffn_post_norm, norm, readers, tap,
-                                 (("ffn_out", i), ("ffn_post_norm", i), ("l_out", i),
+            x, h = self.residual(x, f, w.ffn_post_norm, norm, tap,
+                                 (("ffn_post_norm", i), ("l_out", i),
                                   ("result_norm", GLOBAL) if last else ("attn_norm", i + 1)))
-        if last_only and not isinstance(h, Unnormed):
+        if last_only:
             h = h[-1:]
         logits = qmatmul(h, self.output)
         if cfg.final_logit_softcap:
             logits = softcap(logits, cfg.final_logit_softcap)
         return emit(tap, "result_output", GLOBAL, logits)
 
-    def residual(self, x, a, weight, post_norm, norm, readers, tap, names):
-        """x + post_norm(a W^T), and its norm, which the products `readers` read: one token,
-        the GEMV and its epilogue, or the norm left to the readers (qgemv_residual_norm); more,
-        the product and one kernel; with a tap, steps that each show it."""
+    def residual(self, x, h, post_norm, norm, tap, names):
+        """x + post_norm(h), and its norm: one kernel, or three steps that each show a tap."""
         eps = self.cfg.rms_eps
-        if tap is None and post_norm is None and a.shape[0] == 1:
-            x, y = qgemv_residual_norm(a[0], weight, x[0], norm, eps, readers)
-            return x[None], y if isinstance(y, Unnormed) else y[None]
-        (out_name, o), (post_name, i), (sum_name, j), (norm_name, k) = names
-        h = emit(tap, out_name, o, qmatmul(a, weight))
         if tap is None:
             return residual_norm(x, norm, eps, h, post_norm)
+        (post_name, i), (sum_name, j), (norm_name, k) = names
         if post_norm is not None:
             h = emit(tap, post_name, i, residual_norm(h, post_norm, eps)[1])
         x = emit(tap, sum_name, j, x + h)
@@ -184,7 +177,7 @@ class FastTransformer:
     def attention(self, i: int, h: torch.Tensor, positions: torch.Tensor,
                   tap: TapFn | None) -> torch.Tensor:
         cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
-        T, d = positions.shape[0], L.head_dim
+        T, d = h.shape[0], L.head_dim
         cos, sin = self.rope_tables[self._rope_key(L)]
         neox = cfg.spec.rope_neox
         # one token, "rope" fusion: rotated, and the caches written, by the GEMVs themselves
@@ -220,14 +213,15 @@ class FastTransformer:
             rope(t, cos, sin, positions, 0, neox, out=cache)  # n_rot 0: a copy into rows
         return q
 
-    def _qkv_rope_in_gemv(self, i: int, h, positions: torch.Tensor) -> torch.Tensor | None:
+    def _qkv_rope_in_gemv(self, i: int, h: torch.Tensor,
+                          positions: torch.Tensor) -> torch.Tensor | None:
         """One token's Q [1, n_head, head_dim], with the "rope" fusion where every QKV product
         runs on the i8 kernel (and no Q/K norm, llama's pairs): the GEMVs rotate Q and K and
         write K and V into the caches. None where they cannot."""
         cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
-        x = _one_token(h)
-        if x is None or not fused("rope") or w.q_norm is not None or cfg.spec.rope_neox:
+        if h.shape[0] != 1 or not fused("rope") or w.q_norm is not None or cfg.spec.rope_neox:
             return None
+        x = h.reshape(-1)
         d = L.head_dim
         q = torch.empty(1, L.n_head, d, device=self.device, dtype=torch.float32)
         cos, sin = self.rope_tables[self._rope_key(L)]
@@ -240,45 +234,29 @@ class FastTransformer:
                                     for weight, rope in zip(w.qkv, parts)])
         return q
 
-    def mlp(self, i: int, h: torch.Tensor | Unnormed, tap: TapFn | None) -> torch.Tensor:
-        """The gated activation that ffn_down multiplies (`residual` does)."""
+    def mlp(self, i: int, h: torch.Tensor, tap: TapFn | None) -> torch.Tensor:
         w, act = self.layers[i], self.cfg.spec.ffn_act
-        token = _one_token(h)
-        if tap is None and token is not None and len(w.gate_up) == 1:
-            return qgemv_gated(token, w.gate_up[0], act)[None]  # the activation in its epilogue
+        if tap is None and h.shape[0] == 1 and len(w.gate_up) == 1:
+            a = qgemv_gated(h[0], w.gate_up[0], act)[None]  # the activation in its epilogue
+            return qmatmul(a, w.down)
         gate, up = _project(h, w.gate_up).chunk(2, dim=-1)
         if tap is None:
-            return gated_activation(act, gate, up)
+            return qmatmul(gated_activation(act, gate, up), w.down)
         gate, up = emit(tap, "ffn_gate", i, gate), emit(tap, "ffn_up", i, up)
-        return emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+        a = emit(tap, "ffn_act", i, ffn_activation(act, gate) * up)
+        return emit(tap, "ffn_out", i, qmatmul(a, w.down))
 
 
-def _ffn_readers(w: FastLayer, cfg: ModelConfig) -> list[tuple[PackedWeight, str | None]]:
-    """The products that read ffn_norm (`mlp`'s one-token path)."""
-    if len(w.gate_up) == 1:
-        return [(w.gate_up[0], cfg.spec.ffn_act)]
-    return [(g, None) for g in w.gate_up]
-
-
-def _one_token(h: torch.Tensor | Unnormed) -> torch.Tensor | Unnormed | None:
-    """h as a GEMV's x ([k], or as it is if `Unnormed`), or None for more tokens."""
-    if isinstance(h, Unnormed):
-        return h
-    return h.reshape(-1) if h.shape[0] == 1 else None
-
-
-def _project(h: torch.Tensor | Unnormed, weights: list[PackedWeight]) -> torch.Tensor:
+def _project(h: torch.Tensor, weights: list[PackedWeight]) -> torch.Tensor:
     """h times each weight, outputs side by side (one token: written in place, no concat)."""
     if len(weights) == 1:
         return qmatmul(h, weights[0])
-    x = _one_token(h)
-    if x is None:
+    if h.shape[0] > 1:
         return torch.cat([qmatmul(h, w) for w in weights], dim=-1)
-    device = weights[0].q.device
-    out = torch.empty(1, sum(w.n for w in weights), device=device, dtype=torch.float32)
-    ends = accumulate(w.n for w in weights)
-    _side_by_side(device, [functools.partial(qgemv, x, w, out=out[0, end - w.n:end])
-                           for w, end in zip(weights, ends)])
+    out = torch.empty(1, sum(w.n for w in weights), device=h.device, dtype=torch.float32)
+    x, ends = h.reshape(-1), accumulate(w.n for w in weights)
+    _side_by_side(h.device, [functools.partial(qgemv, x, w, out=out[0, end - w.n:end])
+                             for w, end in zip(weights, ends)])
     return out
 
 

@@ -11,10 +11,9 @@ a kernel may read them before the wait.
 IMPDIFF_PDL=0 launches everything in plain stream order (an A/B, or a suspect).
 
 IMPDIFF_FUSIONS names what a one-token step fuses beyond that (comma-separated, or "all"),
-opt-in until a GPU has timed each (stop 23 built them with none lent): "norm", the residual add
-and next RMSNorm inside the i8 GEMVs around it (kernels/mma_gemv.py); "branches", a layer's
+opt-in until a GPU has timed each (stop 23 built them with none lent): "branches", a layer's
 two QKV products of different formats as parallel branches (engine/fast.py); "rope", Q and K
-rotated and K, V written to the cache by the QKV GEMV.
+rotated and K, V written to the cache by the QKV GEMV (kernels/mma_gemv.py).
 """
 
 from __future__ import annotations
@@ -31,7 +30,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 PDL_ENV = "IMPDIFF_PDL"
 FUSIONS_ENV = "IMPDIFF_FUSIONS"
-FUSIONS = ("norm", "branches", "rope")
+FUSIONS = ("branches", "rope")
 TUNING_DIR = Path(__file__).parent / "tuning"
 
 

@@ -17,9 +17,8 @@ output where the Triton GEMV's are ~2e-6). The
 Triton GEMV stays the path for every other case: other formats, off sm_80+, without nvcc, and
 under IMPDIFF_GEMV=triton (an A/B of the two, or a bisection of the engine's own kernels).
 
-The i8 kernel also carries an RMSNorm between two products: `gemv_residual_norm` ends a block's
-projection with the residual add and leaves the next norm `Unnormed` (x * weight, and its sum
-of squares a block), and a GEMV given an `Unnormed` scales each staged group by 1/rms.
+The i8 kernel can also end a one-token QKV projection as `norm_rope.rope_qkv` would go on
+(`gemv_rope`: Q and K rotated, K and V written into the caches' row), the "rope" fusion.
 """
 
 from __future__ import annotations
@@ -34,7 +33,6 @@ import torch
 
 from . import cuda_driver
 from .launch import pdl_enabled, sm_count, tuning_table
-from .norm_rope import Unnormed
 
 SOURCES = {"f16": Path(__file__).parent / "cuda" / "q4k_mma_gemv.cu",
            "i8": Path(__file__).parent / "cuda" / "kquant_imma_gemv.cu"}
@@ -52,7 +50,6 @@ SHARED_PER_TILE = {"f16": 8 * 4 * 3 * 16 + 8 * 4 + 4, "i8": 256 * 2 + 8 * 8 + 25
 ROWS_PER_BLOCK = {"f16": 8, "i8": 16}  # weight rows of a row block (half as many outputs gated)
 ACT_CODES = {None: 0, "silu": 1, "gelu_tanh": 2}
 I8_LIMIT = 32639.0  # the i8 kernel's largest |x| / dx: 256 hi + lo with hi a byte
-NORM_PARTS = 256  # most blocks of a grid ending with a norm: the sums a reader stages (the .cu)
 
 
 @dataclass(frozen=True)
@@ -96,19 +93,13 @@ def i8_activation(x: torch.Tensor, group: int = 32) -> torch.Tensor:
     return (q.reshape(-1, 8, 2, 16).transpose(1, 2) if paired else q).reshape(x.shape)
 
 
-def i8_reference(x: torch.Tensor | Unnormed, w) -> torch.Tensor:
+def i8_reference(x: torch.Tensor, w) -> torch.Tensor:
     """The i8 kernel's product W x in float64: the scaled fields (d s q) times the 16-bit
     activation, Q4_K's offsets (-dmin m) times x itself (the kernel adds each group's float32
-    sum), Q6_K's (-32 d s) times the 16-bit activation too. An `Unnormed` x is staged as u and
-    scaled by 1/rms after."""
+    sum), Q6_K's (-32 d s) times the 16-bit activation too."""
     from .quant_matmul import dequantize_reference  # (quant_matmul imports this module)
     full = dequantize_reference(w).double()
-    if isinstance(x, Unnormed):
-        rstd = x.rstd().double()
-        x16 = i8_activation(x.u, w.fmt.group).double() * rstd
-        x = x.u.double() * rstd
-    else:
-        x16 = i8_activation(x, w.fmt.group).double()
+    x16 = i8_activation(x, w.fmt.group).double()
     if w.fmt.name == "q6_k":
         return full @ x16
     offsets = full - dequantize_reference(replace(w, b=torch.zeros_like(w.b))).double()
@@ -146,8 +137,8 @@ def build_args(device: torch.device, cfg: MmaConfig, act: int, pdl: bool,
                min_blocks: int | None = None) -> tuple[Path, str, dict[str, int]]:
     """What `cuda_driver.compile_cubin` builds for `cfg` and format `fmt` on `device` (a sweep
     compiles many configs in parallel before it times them); `flags`: the i8 kernel's
-    optional prologue and epilogue (NORM_IN, NORM_OUT, ROPE: kquant_imma_gemv.cu), and
-    `min_blocks` its register cap where they take more registers than the plain kernel."""
+    optional epilogue (ROPE: kquant_imma_gemv.cu), and `min_blocks` its register cap where it
+    takes more registers than the plain kernel."""
     major, minor = _capability(device)
     return (SOURCES[cfg.operands], f"sm_{major}{minor}",
             defines(cfg, act, pdl, fmt, flags, min_blocks))
@@ -175,18 +166,16 @@ def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, fmt: str 
                               device)
 
 
-def choose(x: torch.Tensor | Unnormed, w, act: str | None = None) -> MmaConfig | None:
+def choose(x: torch.Tensor, w, act: str | None = None) -> MmaConfig | None:
     """The tensor-core config for W x (with `act`: the gated product), or None where the Triton
-    GEMV runs it (for an `Unnormed` x, None but on the i8 kernel): the shapes of this GPU's
-    table (tuning/<device name>.mma.json, written by benchmarks/gemv_sweep.py --kernel mma
-    only where a tensor-core kernel was faster), else, with no table for the GPU, the gated
-    gate/up product (the largest of a decode step) on the i8 kernel at its H100 config, four
-    warps sharing each task two ways over K, and every Q6_K product on it at a config within
-    2% and 7% of the H100's best for the 8B shape's output and ffn_down (the Triton GEMV reads
-    Q6_K's split planes at 0.72-0.86 of the i8 kernel's speed: stop 22's sweep)."""
-    gated, unnormed = act is not None, isinstance(x, Unnormed)
-    if unnormed:
-        x, partials = x.u, x.partials
+    GEMV runs it: the shapes of this GPU's table (tuning/<device name>.mma.json, written by
+    benchmarks/gemv_sweep.py --kernel mma only where a tensor-core kernel was faster), else,
+    with no table for the GPU, the gated gate/up product (the largest of a decode step) on the
+    i8 kernel at its H100 config, four warps sharing each task two ways over K, and every
+    Q6_K product on it at a config within 2% and 7% of the H100's best for the 8B shape's
+    output and ffn_down (the Triton GEMV reads Q6_K's split planes at 0.72-0.86 of the i8
+    kernel's speed: stop 22's sweep)."""
+    gated = act is not None
     if not supported(x, w):
         return None
     table = tuning_table(TABLE_ENV, ".mma.json")
@@ -196,18 +185,8 @@ def choose(x: torch.Tensor | Unnormed, w, act: str | None = None) -> MmaConfig |
     else:
         tuned = table.get(table_key(w.fmt.name, gated, w.n, w.k))
         cfg = MmaConfig(*tuned) if tuned else None
-    if unnormed and (cfg is None or cfg.operands != "i8" or not _stageable(partials)):
-        return None
     return (cfg if cfg and w.fmt.name in MULTIPLIES[cfg.operands] and cfg.fits(w, gated)
             and cfg.takes(x) and _builds(x.device, cfg, act, w.fmt.name) else None)
-
-
-def _stageable(partials: torch.Tensor) -> bool:
-    """Whether the i8 kernel copies an Unnormed's sums as they are: float32, at most
-    NORM_PARTS, in whole 16-byte pieces."""
-    return (partials.dtype == torch.float32 and partials.is_contiguous()
-            and partials.numel() <= NORM_PARTS and partials.numel() % 4 == 0
-            and partials.data_ptr() % 16 == 0)
 
 
 def table_key(fmt: str, gated: bool, n: int, k: int) -> str:
@@ -227,29 +206,12 @@ def _builds(device: torch.device, cfg: MmaConfig, act: str | None, fmt: str) -> 
         return False
 
 
-def gemv(x: torch.Tensor | Unnormed, w, config: MmaConfig, out: torch.Tensor | None = None,
+def gemv(x: torch.Tensor, w, config: MmaConfig, out: torch.Tensor | None = None,
          act: str | None = None) -> torch.Tensor:
-    """W x for one token with `config` (`choose`'s, or a sweep's), x [k] float32 (or an
-    `Unnormed`: the i8 kernel) -> [n] float32; with `act`, W = [gate; up] and the result is
-    act(gate) * up [n / 2]. A split K adds its partial sums in a fixed order."""
+    """W x for one token with `config` (`choose`'s, or a sweep's), x [k] float32 -> [n]
+    float32; with `act`, W = [gate; up] and the result is act(gate) * up [n / 2]. A split K
+    adds its partial sums in a fixed order."""
     return _launch(x, w, config, out, act)
-
-
-def ends_with_norm(config: MmaConfig, w, x: torch.Tensor) -> bool:
-    """Whether `config`'s kernel can end W a with the residual add into x and an `Unnormed`:
-    the i8 kernel in one split over K (each block's rows then have their whole sums)."""
-    return (config.operands == "i8" and config.split_k == 1 and x.is_contiguous()
-            and x.dtype == torch.float32 and x.numel() == w.n)
-
-
-def gemv_residual_norm(a: torch.Tensor | Unnormed, w, config: MmaConfig, x: torch.Tensor,
-                       weight: torch.Tensor, eps: float) -> tuple[torch.Tensor, Unnormed]:
-    """(x + W a, rms_norm(x + W a) * weight as an `Unnormed`) for one token, a [k], x and
-    weight [n] float32, in one launch (`ends_with_norm`)."""
-    assert ends_with_norm(config, w, x), f"{config} ends with no norm over {w.n} rows"
-    x_out, u = torch.empty_like(x), torch.empty_like(x)
-    partials = _launch(a, w, config, None, None, norm_out=(x, x_out, weight.contiguous(), u))
-    return x_out, Unnormed(u, partials, eps)
 
 
 @dataclass(frozen=True)
@@ -287,26 +249,20 @@ def takes_rope(config: MmaConfig, w, rope: RopeAfter) -> bool:
                     and t.shape[1] == rope.n_rot // 2 for t in (rope.cos, rope.sin)))
 
 
-def gemv_rope(x: torch.Tensor | Unnormed, w, config: MmaConfig, rope: RopeAfter) -> None:
+def gemv_rope(x: torch.Tensor, w, config: MmaConfig, rope: RopeAfter) -> None:
     """W x for one token stored as `rope` says (`takes_rope`), in one launch."""
     assert takes_rope(config, w, rope), f"{config} ends with no RoPE over {w.n} rows"
-    _launch(x, w, config, None, None, rope=rope)
+    _launch(x, w, config, None, None, rope)
 
 
-def _launch(x, w, cfg: MmaConfig, out, act, norm_out: tuple | None = None,
+def _launch(x: torch.Tensor, w, cfg: MmaConfig, out, act,
             rope: RopeAfter | None = None) -> torch.Tensor | None:
-    """One launch of `cfg`'s kernel: the product; with `norm_out` = (x, x_out, weight, u), the
-    blocks' sums of squares (NORM_OUT); with `rope`, None (ROPE)."""
-    gated, unnormed = act is not None, isinstance(x, Unnormed)
-    xv = x.u if unnormed else x
-    flags = frozenset(name for name, on in (("NORM_IN", unnormed), ("NORM_OUT", norm_out),
-                                            ("ROPE", rope)) if on)
+    """One launch of `cfg`'s kernel: the product, or with `rope` its stores (ROPE) and None."""
+    gated = act is not None
     assert cfg.fits(w, gated), f"{cfg} does not cover {w.n} rows{' gated' if gated else ''}"
-    assert cfg.takes(xv), f"{cfg} needs x at a 16-byte boundary"
+    assert cfg.takes(x), f"{cfg} needs x at a 16-byte boundary"
     assert w.fmt.name in MULTIPLIES[cfg.operands], f"{cfg.operands} takes no {w.fmt.name}"
-    assert cfg.operands == "i8" or not flags, f"the f16 kernel has no {sorted(flags)}"
-    assert xv.numel() == w.k, f"x of {xv.numel()} values for {w.k} columns"
-    assert not unnormed or _stageable(x.partials), "sums the kernel cannot copy as they are"
+    assert cfg.operands == "i8" or not rope, "the f16 kernel has no RoPE epilogue"
     supers = w.k // 256
     per_split = -(-supers // cfg.split_k)
     splits = -(-supers // per_split)
@@ -314,13 +270,13 @@ def _launch(x, w, cfg: MmaConfig, out, act, norm_out: tuple | None = None,
     block_rows = ROWS_PER_BLOCK[cfg.operands] // (2 if gated else 1)
     tasks = -(-rows_out // (block_rows * cfg.row_blocks))
     assert cfg.warps % cfg.k_warps == 0, "a block holds whole groups of k_warps"
-    if norm_out or rope:
-        partial = norm_out[1] if norm_out else rope.q  # (unwritten: the epilogue stores)
+    if rope:
+        partial = rope.q  # (unwritten: the epilogue stores)
     elif out is None or splits > 1:
-        partial = torch.empty((splits, rows_out), device=xv.device, dtype=torch.float32)
+        partial = torch.empty((splits, rows_out), device=x.device, dtype=torch.float32)
     else:
         partial = out.view(1, rows_out)
-    pdl = pdl_enabled(xv.device)
+    pdl = pdl_enabled(x.device)
     q6k = w.fmt.name == "q6_k"
     b = w.h if q6k else w.b  # the i8 kernel's third plane: Q4_K's offsets, or Q6_K's top bits
     threads = 32 * cfg.warps
@@ -328,38 +284,29 @@ def _launch(x, w, cfg: MmaConfig, out, act, norm_out: tuple | None = None,
         cfg.warps * cfg.row_blocks * ROWS_PER_BLOCK[cfg.operands] * 4 if cfg.k_warps > 1 else 0)
 
     def grid(kernel) -> int:  # no more blocks than the SMs hold at once: the warps stride
-        resident = kernel.blocks_per_sm(threads, shared) * sm_count(xv.device)
+        resident = kernel.blocks_per_sm(threads, shared) * sm_count(x.device)
         return max(1, min(-(-tasks // (cfg.warps // cfg.k_warps)), resident // splits))
 
-    variant = functools.partial(_kernel, xv.device, cfg, ACT_CODES[act], pdl, w.fmt.name)
+    variant = functools.partial(_kernel, x.device, cfg, ACT_CODES[act], pdl, w.fmt.name)
     kernel = variant()
-    if flags:
-        # the flags' code may take registers enough to lose the plain kernel's grid (the one
-        # the sweep timed): then its registers are capped to hold the plain kernel's blocks
+    if rope:
+        # the epilogue may take registers enough to lose the plain kernel's grid (the one the
+        # sweep timed): then its registers are capped to hold the plain kernel's blocks
+        flags = frozenset({"ROPE"})
         plain, kernel = kernel, variant(flags)
         if grid(kernel) < grid(plain):
             kernel = variant(flags, plain.blocks_per_sm(threads, shared))
-    blocks = grid(kernel)
-    if norm_out:  # (the warps stride over the tasks of any grid)
-        blocks = min(blocks, NORM_PARTS)
     strides = (w.q.stride(0), w.s.stride(0), b.stride(0), w.sd.stride(0) // 2, float(w.alpha))
     if cfg.operands == "f16":
         tail = (F16_1024,)
-    else:  # NORM_OUT's residual, x_out, norm weight, u, sums; NORM_IN's sums, their count,
-        # eps; ROPE's position, cos, sin, q, caches, first row, Q and K rows, head and rotated
-        # dims, cache row length (unused ones: any pointer, zeros)
-        ss = (torch.empty(-(-blocks // 4) * 4, device=xv.device, dtype=torch.float32)
-              if norm_out else None)  # (zero-padded by the kernel: readers copy 16 bytes)
-        tail = (*norm_out, ss) if norm_out else (xv, partial, xv, partial, partial)
-        tail += ((x.partials, x.partials.numel(), float(x.eps)) if unnormed else (xv, 0, 0.0))
-        tail += ((rope.positions, rope.cos, rope.sin, rope.q, rope.k_cache, rope.v_cache,
-                  rope.row0, rope.q_rows, rope.k_rows, rope.head_dim, rope.n_rot,
-                  rope.k_rows) if rope else (xv, xv, xv, partial, partial, partial,
-                                              0, 0, 0, 0, 0, 0))
-    kernel((blocks, splits), threads, shared, torch.cuda.current_stream(xv.device).cuda_stream,
-           xv, partial, w.q, w.s, b, w.sd, w.n, supers, per_split, *strides, *tail, pdl=pdl)
-    if norm_out:
-        return ss
+    else:  # ROPE's position, cos, sin, q, caches, first row, Q and K rows, head and rotated
+        # dims, cache row length (without: any pointers, zeros)
+        tail = ((rope.positions, rope.cos, rope.sin, rope.q, rope.k_cache, rope.v_cache,
+                 rope.row0, rope.q_rows, rope.k_rows, rope.head_dim, rope.n_rot, rope.k_rows)
+                if rope else (x, x, x, partial, partial, partial, 0, 0, 0, 0, 0, 0))
+    kernel((grid(kernel), splits), threads, shared,
+           torch.cuda.current_stream(x.device).cuda_stream,
+           x, partial, w.q, w.s, b, w.sd, w.n, supers, per_split, *strides, *tail, pdl=pdl)
     if rope:
         return None
     if splits == 1:

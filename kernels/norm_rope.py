@@ -6,8 +6,7 @@
     x' = x + h'                if h is given (the residual add)
     y  = rms_norm(x', w)       (w may be None: Gemma 4's V norm)
 
-returning (x', y). Q/K norms are the same kernel over rows of head_dim. `Unnormed` is a
-one-token y not yet formed, for GEMVs that scale by 1/rms as they read it (kernels/mma_gemv.py).
+returning (x', y). Q/K norms are the same kernel over rows of head_dim.
 
 `rope` rotates [T, H, D] by cos/sin tables indexed by position (a device tensor, so the step is
 graph-safe) and can write its result into cache rows at those positions. `rope_qkv` is the same
@@ -18,8 +17,6 @@ References: `impdiff.engine.model.rms_norm` and `apply_rope`.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -73,23 +70,6 @@ def residual_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float,
                                    num_warps=4 if n <= 2048 else 16,
                                    **pdl_options(x.device, one_token=rows == 1))
     return xout.view(x.shape), y.view(x.shape)
-
-
-@dataclass(frozen=True)
-class Unnormed:
-    """One token's y = rms_norm(x) * weight held as u = x * weight and sum(x^2) in partial
-    sums (one per block of the GEMV that wrote x and u: mma_gemv.NormAfter): a GEMV that scales
-    by 1/rms as it reads u needs no norm kernel before it. `normed()` is y for any other."""
-
-    u: torch.Tensor  # [n] float32
-    partials: torch.Tensor  # float32, adding up to sum(x^2) (a block's each, zeros after)
-    eps: float
-
-    def rstd(self) -> torch.Tensor:
-        return 1.0 / torch.sqrt(self.partials.sum() / self.u.numel() + self.eps)
-
-    def normed(self) -> torch.Tensor:
-        return self.u * self.rstd()
 
 
 @triton.jit

@@ -44,13 +44,10 @@ import triton.language as tl
 from . import mma_gemv
 from .mma_gemv import RopeAfter
 from .activation import ACTIVATIONS, activate, gated_activation
-from .launch import (fused, pdl_options, release_dependents, sm_count, tuning_table,
-                     wait_inputs)
-from .norm_rope import Unnormed, residual_norm
+from .launch import pdl_options, release_dependents, sm_count, tuning_table, wait_inputs
 
-__all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated",
-           "qgemv_residual_norm", "qgemv_rope", "rope_epilogues", "RopeAfter", "dequantize",
-           "qmatmul", "dequantize_reference"]
+__all__ = ["QuantFormat", "PackedWeight", "FORMATS", "qgemv", "qgemv_gated", "qgemv_rope",
+           "rope_epilogues", "RopeAfter", "dequantize", "qmatmul", "dequantize_reference"]
 
 
 @dataclass(frozen=True)
@@ -512,18 +509,17 @@ def _even(w: PackedWeight, cfg: GemvConfig, rows: int, block: int) -> bool:
     return rows % block == 0 and w.tiles % cfg.tiles == 0 and w.k == w.tiles * w.fmt.tile
 
 
-def qgemv(x: torch.Tensor | Unnormed, w: PackedWeight, config: GemvConfig | None = None,
+def qgemv(x: torch.Tensor, w: PackedWeight, config: GemvConfig | None = None,
           out: torch.Tensor | None = None) -> torch.Tensor:
-    """W x for one token: x [k] float32 (or an `Unnormed` one) -> [n] float32.
+    """W x for one token: x [k] float32 -> [n] float32.
 
     Deterministic: a split K writes partial sums that are added in a fixed order.
     """
+    if w.fmt.qbits == 32:
+        return torch.mv(w.q, x, out=out)
     mma = mma_gemv.choose(x, w) if config is None else None
     if mma:
         return mma_gemv.gemv(x, w, out=out, config=mma)
-    x = _formed(x)
-    if w.fmt.qbits == 32:
-        return torch.mv(w.q, x, out=out)
     cfg = _config(x, w, config)
     per_split = triton.cdiv(triton.cdiv(w.tiles, cfg.split_k), cfg.tiles) * cfg.tiles
     splits = triton.cdiv(w.tiles, per_split)
@@ -536,18 +532,17 @@ def qgemv(x: torch.Tensor | Unnormed, w: PackedWeight, config: GemvConfig | None
     return torch.sum(partial, dim=0, out=out)
 
 
-def qgemv_gated(x: torch.Tensor | Unnormed, w: PackedWeight, act: str,
+def qgemv_gated(x: torch.Tensor, w: PackedWeight, act: str,
                 config: GemvConfig | None = None) -> torch.Tensor:
     """act(gate) * up for one token from the fused weight [gate; up]: x [k] -> [n / 2], the
     activation in the GEMV's epilogue (one split; rows in pairs, one of each half)."""
     half = w.n // 2
-    mma = mma_gemv.choose(x, w, act) if config is None else None
-    if mma:
-        return mma_gemv.gemv(x, w, act=act, config=mma)
-    x = _formed(x)
     if w.fmt.qbits == 32:
         y = qgemv(x, w)
         return gated_activation(act, y[None, :half], y[None, half:])[0]
+    mma = mma_gemv.choose(x, w, act) if config is None else None
+    if mma:
+        return mma_gemv.gemv(x, w, act=act, config=mma)
     cfg = _config(x, w, config)
     cfg = replace(cfg, split_k=1, block_n=max(cfg.block_n, 2))
     out = torch.empty(half, device=x.device, dtype=torch.float32)
@@ -556,24 +551,7 @@ def qgemv_gated(x: torch.Tensor | Unnormed, w: PackedWeight, act: str,
     return out
 
 
-def qgemv_residual_norm(a: torch.Tensor, w: PackedWeight, x: torch.Tensor,
-                        weight: torch.Tensor, eps: float,
-                        readers: list[tuple[PackedWeight, str | None]]
-                        ) -> tuple[torch.Tensor, torch.Tensor | Unnormed]:
-    """(x + W a, y = rms_norm(x + W a) * weight) for one token, a [k], x [n] float32: the
-    projection that ends an attention or FFN block, the residual add and the next norm, whose
-    y the products `readers` ((weight, gated activation or None) pairs) take. With the
-    "norm" fusion (launch.FUSIONS), where W a and every reader run on the i8 tensor-core GEMV,
-    y is an `Unnormed` that the readers finish, and no norm kernel runs; else the GEMV and
-    `residual_norm`."""
-    mma = mma_gemv.choose(a, w)
-    if (fused("norm") and mma and mma_gemv.ends_with_norm(mma, w, x)
-            and all(_reads_unnormed(x, r, act) for r, act in readers)):
-        return mma_gemv.gemv_residual_norm(a, w, mma, x, weight, eps)
-    return residual_norm(x, weight, eps, qgemv(a, w))
-
-
-def rope_epilogues(x: torch.Tensor | Unnormed, weights: list[PackedWeight],
+def rope_epilogues(x: torch.Tensor, weights: list[PackedWeight],
                    rope: RopeAfter) -> list[RopeAfter] | None:
     """Each weight's `rope` (its first row in [Q; K; V]) for a one-token QKV projection over
     `weights` in order, where every product runs on the i8 tensor-core GEMV and can end by
@@ -589,19 +567,9 @@ def rope_epilogues(x: torch.Tensor | Unnormed, weights: list[PackedWeight],
     return parts
 
 
-def qgemv_rope(x: torch.Tensor | Unnormed, w: PackedWeight, rope: RopeAfter) -> None:
+def qgemv_rope(x: torch.Tensor, w: PackedWeight, rope: RopeAfter) -> None:
     """W x for one token, its Q and K rows rotated and stored, V's stored (`rope_epilogues`)."""
     mma_gemv.gemv_rope(x, w, mma_gemv.choose(x, w), rope)
-
-
-def _reads_unnormed(like: torch.Tensor, w: PackedWeight, act: str | None) -> bool:
-    """Whether the product of `w` takes an `Unnormed` activation shaped and placed `like`."""
-    cfg = mma_gemv.choose(like, w, act)
-    return cfg is not None and cfg.operands == "i8"
-
-
-def _formed(x: torch.Tensor | Unnormed) -> torch.Tensor:
-    return x.normed() if isinstance(x, Unnormed) else x
 
 
 def dequantize(w: PackedWeight, dtype: torch.dtype = torch.float16) -> torch.Tensor:
@@ -625,14 +593,12 @@ def _pow2_row_scale(x: torch.Tensor) -> torch.Tensor:
     return torch.exp2(torch.ceil(torch.log2(amax)))
 
 
-def qmatmul(x: torch.Tensor | Unnormed, w: PackedWeight) -> torch.Tensor:
-    """x [t, k] (or one token `Unnormed`) times W^T -> [t, n] float32.
+def qmatmul(x: torch.Tensor, w: PackedWeight) -> torch.Tensor:
+    """x [t, k] times W^T -> [t, n] float32.
 
     One token: the fused GEMV. More: dequantise W to fp16 and one cuBLAS product on
     per-row-rescaled fp16 activations, accumulated in float32.
     """
-    if isinstance(x, Unnormed):
-        return qgemv(x, w).view(1, w.n)
     if x.shape[0] == 1:
         return qgemv(x.reshape(-1).contiguous(), w).view(1, w.n)
     if w.fmt.qbits == 32:

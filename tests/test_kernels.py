@@ -17,9 +17,9 @@ from impdiff.engine.quants import dequantize as reference_dequantize
 from impdiff.kernels.activation import gated_activation
 from impdiff.kernels.attention import attention
 from impdiff.kernels.launch import FUSIONS, FUSIONS_ENV, PDL_ENV, fused, pdl_options
-from impdiff.kernels.norm_rope import Unnormed, residual_norm, rope, rope_qkv
+from impdiff.kernels.norm_rope import residual_norm, rope, rope_qkv
 from impdiff.kernels.quant_matmul import (GemvConfig, dequantize, dequantize_reference, qgemv,
-                                          qgemv_gated, qgemv_residual_norm, qmatmul)
+                                          qgemv_gated, qmatmul)
 from .test_quants import T, random_tensor
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
@@ -156,37 +156,6 @@ def test_residual_norm_variants_match_reference():
     assert torch.allclose(y.cpu(), ref.rms_norm(x, None, 1e-6), atol=1e-5)
 
 
-def test_unnormed_is_the_norm_of_its_partial_sums():
-    g = torch.Generator().manual_seed(10)
-    x, w = torch.randn(1024, generator=g) * 5, torch.rand(1024, generator=g) + 0.5
-    y = residual_norm(x.to(DEVICE), w.to(DEVICE), 1e-5)[1].cpu()
-    unnormed = Unnormed(x * w, (x * x).view(16, -1).sum(dim=1), 1e-5)
-    assert torch.allclose(unnormed.normed(), y, rtol=1e-6, atol=0)
-
-
-@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
-def test_a_product_its_residual_add_and_norm_read_by_another(qtype, monkeypatch):
-    """qgemv_residual_norm, deferred norm allowed: x + W a and its norm, whatever form the
-    norm takes (off the i8 kernel a tensor, on it an Unnormed), read by the next product as
-    the norm kernel's y would be."""
-    monkeypatch.setenv(FUSIONS_ENV, "norm")
-    raw, shape = _weight(qtype, rows=256, blocks=2, seed=3)
-    w_out = pack_gguf(raw, qtype, shape, DEVICE)
-    raw, shape = _weight(qtype, rows=64, blocks=1, seed=4)
-    w_in = pack_gguf(raw, qtype, shape, DEVICE)
-    g = torch.Generator().manual_seed(5)
-    a, x = torch.randn(512, generator=g).to(DEVICE), torch.randn(256, generator=g).to(DEVICE)
-    weight = (torch.rand(256, generator=g) + 0.5).to(DEVICE)
-    x_out, y = qgemv_residual_norm(a, w_out, x, weight, 1e-5, [(w_in, None)])
-    want_x, want_y = residual_norm(x, weight, 1e-5, qgemv(a, w_out))
-    assert torch.equal(x_out, want_x)
-    formed = y.normed() if isinstance(y, Unnormed) else y
-    assert torch.allclose(formed, want_y, rtol=1e-5, atol=1e-6)
-    want = dequantize_reference(w_in).double().cpu() @ want_y.double().cpu()
-    got = qmatmul(y if isinstance(y, Unnormed) else y[None], w_in)[0].double().cpu()
-    assert (got - want).abs().max() < 1e-4 * want.abs().max()
-
-
 @pytest.mark.parametrize("neox,n_rot", [(True, 32), (False, 32), (True, 16)])
 def test_rope_matches_reference_and_writes_cache_rows(neox, n_rot):
     g = torch.Generator().manual_seed(10)
@@ -315,13 +284,12 @@ def test_parallel_branches_change_no_token(synth_model, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("fusions", ["norm", "norm,rope", "all"])
+@pytest.mark.parametrize("fusions", ["rope", "all"])
 def test_fused_steps_leave_their_kernels_out_and_agree(synth_model, tmp_path, monkeypatch,
                                                        fusions):
     """The fusions with every K-quant product of a Q4_K_M model on the i8 kernel (a table
-    naming them all): a decode step runs one norm kernel (the embedding's), and with "rope" no
-    RoPE kernel; its logits are the reference model's as closely as the fast path's are, and
-    the graphed greedy decode equals the eager one."""
+    naming them all): a decode step runs no RoPE kernel; its logits are the reference model's
+    as closely as the fast path's are, and the graphed greedy decode equals the eager one."""
     import json
 
     from impdiff.engine.fast import FastSession, load_fast_model
@@ -351,9 +319,7 @@ def test_fused_steps_leave_their_kernels_out_and_agree(synth_model, tmp_path, mo
             model.forward(token, torch.tensor([0], dtype=torch.int32, device="cuda"))
             torch.cuda.synchronize()
         names = [e.name for e in prof.events() if e.device_type.name == "CUDA"]
-        assert sum("_residual_norm_kernel" in n for n in names) == 1
-        ropes = sum("_rope_kernel" in n for n in names)
-        assert ropes == (0 if "rope" in fusions or fusions == "all" else len(model.layers))
+        assert sum("_rope_kernel" in n for n in names) == 0
         assert sum("kquant_imma_gemv" in n for n in names) >= 4 * len(model.layers) + 1
         reference = Session(load_gguf_model(path, "cpu").model, n_ctx=64)
         fast = FastSession(model)
@@ -388,13 +354,13 @@ def test_dependent_launch_options_only_where_they_apply(monkeypatch):
 def test_fusions_switch_on_by_name_or_all_and_refuse_unknown_names(monkeypatch):
     monkeypatch.delenv(FUSIONS_ENV, raising=False)
     assert not any(fused(name) for name in FUSIONS)  # opt-in
-    monkeypatch.setenv(FUSIONS_ENV, "norm, rope")
-    assert [fused(name) for name in FUSIONS] == [True, False, True]
+    monkeypatch.setenv(FUSIONS_ENV, " rope")
+    assert [fused(name) for name in FUSIONS] == [False, True]
     monkeypatch.setenv(FUSIONS_ENV, "all")
     assert all(fused(name) for name in FUSIONS)
-    monkeypatch.setenv(FUSIONS_ENV, "norm,ropes")
-    with pytest.raises(ValueError, match="unknown fusion 'ropes'.*norm, branches, rope"):
-        fused("norm")
+    monkeypatch.setenv(FUSIONS_ENV, "branches,ropes")
+    with pytest.raises(ValueError, match="unknown fusion 'ropes'.*branches, rope"):
+        fused("branches")
 
 
 def test_unsupported_architecture_is_one_clear_error(synth_model):

@@ -18,7 +18,6 @@ from impdiff.engine.packed import pack_gguf
 from impdiff.kernels import cuda_driver, mma_gemv
 from impdiff.kernels.activation import gated_activation
 from impdiff.kernels.launch import tuning_table
-from impdiff.kernels.norm_rope import Unnormed, residual_norm
 from impdiff.kernels.quant_matmul import dequantize_reference, qgemv, qgemv_gated
 from impdiff.testing.shapes import _random_blocks
 from .test_quants import T
@@ -39,20 +38,18 @@ def _rel_err(got: torch.Tensor, expected: torch.Tensor) -> float:
 
 
 @pytest.mark.skipif(cuda_driver.nvcc_path() is None, reason="no nvcc")
-@pytest.mark.parametrize("operands", ["f16", "i8", "i8 q6_k", "i8 norm_out", "i8 q6_k norm_out",
-                                      "i8 norm_in", "i8 q6_k norm_in", "i8 rope",
-                                      "i8 q6_k norm_in rope capped"])
+@pytest.mark.parametrize("operands", ["f16", "i8", "i8 q6_k", "i8 rope", "i8 q6_k rope capped"])
 @pytest.mark.parametrize("act,k_warps", [(0, 1), (1, 1), (2, 1), (0, 4), (1, 2)])
 def test_kernel_source_compiles_for_sm90(tmp_path, monkeypatch, act, k_warps, operands):
     monkeypatch.setenv(cuda_driver.CACHE_ENV, str(tmp_path))
     kind, *flags = operands.split()
-    if ("norm_out" in flags or "rope" in flags) and act:
-        pytest.skip("the residual add and RoPE follow a plain product")
+    if "rope" in flags and act:
+        pytest.skip("RoPE follows a plain product")
     source = mma_gemv.SOURCES[kind]
-    defines = dict(WARPS=8, ROW_BLOCKS=2, ACT=act, KSPLIT=k_warps, PDL=1,
-                   Q6K=int("q6_k" in flags), MIN_BLOCKS=2 if "capped" in flags else None,
-                   **{f.upper(): 1 for f in flags if f not in ("q6_k", "capped")})
-    defines = {name: value for name, value in defines.items() if value is not None}
+    defines = mma_gemv.defines(mma_gemv.MmaConfig(8, 2, 1, k_warps, kind), act, True,
+                               "q6_k" if "q6_k" in flags else "q4_k",
+                               frozenset({"ROPE"} if "rope" in flags else ()),
+                               2 if "capped" in flags else None)
     image = cuda_driver.compile_cubin(source, "sm_90", defines)
     assert image[:4] == b"\x7fELF"
     assert list(tmp_path.glob("*.cubin")), "the cubin is cached"
@@ -117,29 +114,6 @@ def test_i8_reference_is_within_its_bound_of_the_float_product(qtype):
     x = torch.randn(1024, generator=torch.Generator().manual_seed(3))
     exact = dequantize_reference(w).double() @ x.double()
     assert 1e-7 < _rel_err(mma_gemv.i8_reference(x, w), exact) < 1e-4
-
-
-def _unnormed(n: int, device: str, seed: int, blocks: int = 8, scale: float = 7.0):
-    """A random Unnormed of n values (x * weight, x's squares summed in `blocks` parts), and
-    the x and weight behind it."""
-    g = torch.Generator(device).manual_seed(seed)
-    x = torch.randn(n, device=device, generator=g) * scale
-    weight = torch.rand(n, device=device, generator=g) + 0.5
-    return Unnormed(x * weight, (x * x).view(blocks, -1).sum(dim=1), 1e-5), x, weight
-
-
-@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
-def test_an_unnormed_activation_keeps_the_i8_bound(qtype):
-    """What a reader of an Unnormed does (u staged, each group's dx and sum times 1/rms) is the
-    i8 product of y = rms_norm(x) * weight to rounding: the quantisation of a group scales
-    with it. Same bound against the float product of y; a few rounding steps from y staged."""
-    w = _weight(64, 1024, "cpu", seed=5, qtype=qtype)
-    unnormed, x, weight = _unnormed(1024, "cpu", seed=6)
-    y = residual_norm(x, weight, 1e-5)[1]
-    exact = dequantize_reference(w).double() @ y.double()
-    got = mma_gemv.i8_reference(unnormed, w)
-    assert 1e-7 < _rel_err(got, exact) < 1e-4
-    assert _rel_err(got, mma_gemv.i8_reference(y, w)) < 1e-5
 
 
 def test_dispatch_leaves_cpu_tensors_and_other_formats_to_triton():
@@ -217,89 +191,13 @@ def test_gated_epilogue_matches_reference(act, config, operands, qtype):
     assert _rel_err(got, expected) < 2e-6
 
 
-_NORM_CONFIGS = [(8, 1, 1, 8), (8, 2, 1, 8), (4, 1, 1, 2), (4, 2, 1, 1), (2, 4, 1, 1)]
-
-
-@needs_gpu
-@pytest.mark.parametrize("qtype", [T.Q4_K, T.Q6_K], ids=lambda t: t.name)
-@pytest.mark.parametrize("rows", [1032, 4096])
-@pytest.mark.parametrize("config", _NORM_CONFIGS, ids=lambda c: "/".join(map(str, c)))
-def test_norm_out_adds_the_residual_and_sums_its_squares(qtype, rows, config):
-    """NORM_OUT: x + W a as the plain kernel's product plus x, u = that times the norm weight,
-    and block sums adding up to its sum of squares (a partial last row block's rows counted
-    once); the same floats on every launch and in a graph."""
-    w = _weight(rows, 2048, "cuda", seed=rows, qtype=qtype)
-    g = torch.Generator("cuda").manual_seed(12)
-    a = torch.randn(2048, device="cuda", generator=g)
-    x = torch.randn(rows, device="cuda", generator=g)
-    weight = torch.rand(rows, device="cuda", generator=g) + 0.5
-    cfg = mma_gemv.MmaConfig(*config, operands="i8")
-    x_out, y = mma_gemv.gemv_residual_norm(a, w, cfg, x, weight, 1e-5)
-    assert torch.equal(x_out, x + mma_gemv.gemv(a, w, cfg))  # alpha 1: no rounding between
-    assert torch.equal(y.u, x_out * weight)
-    squares = (x_out.double() ** 2).sum()
-    assert abs(y.partials.double().sum() - squares) < 1e-6 * squares
-    again = mma_gemv.gemv_residual_norm(a, w, cfg, x, weight, 1e-5)[1]
-    assert torch.equal(again.partials, y.partials)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = mma_gemv.gemv_residual_norm(a, w, cfg, x, weight, 1e-5)
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(captured[0], x_out) and torch.equal(captured[1].partials, y.partials)
-
-
-@needs_gpu
-@pytest.mark.parametrize("qtype,act", [(T.Q4_K, None), (T.Q6_K, None), (T.Q4_K, "silu"),
-                                       (T.Q6_K, "gelu_tanh")], ids=str)
-@pytest.mark.parametrize("config", _NORM_CONFIGS, ids=lambda c: "/".join(map(str, c)))
-def test_norm_in_matches_the_i8_reference(qtype, act, config):
-    """NORM_IN: the product of an Unnormed, its 1/rms from block sums that the kernel adds."""
-    w = _weight(2 * 1028 if act else 1032, 2048, "cuda", seed=13, qtype=qtype)
-    unnormed, _, _ = _unnormed(2048, "cuda", seed=14, blocks=128)
-    cfg = mma_gemv.MmaConfig(*config, operands="i8")
-    expected = mma_gemv.i8_reference(Unnormed(unnormed.u.cpu(), unnormed.partials.cpu(), 1e-5),
-                                     w.to("cpu"))
-    if act:
-        y = expected.float().cuda()
-        expected = gated_activation(act, y[None, :1028], y[None, 1028:])[0].double().cpu()
-    assert _rel_err(mma_gemv.gemv(unnormed, w, cfg, act=act), expected) < 2e-6
-
-
-@needs_gpu
-def test_a_norm_between_two_products_matches_the_norm_kernel():
-    """A block's end and the next product's start, as the decode step chains them (dependent
-    launches on), against the product, residual_norm and the product of its y."""
-    w_out, w_in = _weight(2048, 1024, "cuda", seed=15), _weight(3072, 2048, "cuda", seed=16)
-    g = torch.Generator("cuda").manual_seed(17)
-    a, x = torch.randn(1024, device="cuda", generator=g), torch.randn(2048, device="cuda",
-                                                                     generator=g)
-    weight = torch.rand(2048, device="cuda", generator=g) + 0.5
-    cfg = mma_gemv.MmaConfig(8, 1, 1, 8, "i8")
-    y = residual_norm(x, weight, 1e-6, mma_gemv.gemv(a, w_out, cfg))[1]
-    expected = mma_gemv.i8_reference(y.cpu(), w_in.to("cpu"))
-
-    def chained():
-        return mma_gemv.gemv(mma_gemv.gemv_residual_norm(a, w_out, cfg, x, weight, 1e-6)[1],
-                             w_in, cfg)
-
-    assert _rel_err(chained(), expected) < 1e-5  # y's rounding, and its groups' on staging
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        captured = chained()
-    graph.replay()
-    torch.cuda.synchronize()
-    assert torch.equal(captured, chained())
-
-
 @needs_gpu
 @pytest.mark.parametrize("split", [False, True], ids=["qkv", "qk+v"])
-@pytest.mark.parametrize("unnormed", [False, True], ids=["x", "unnormed"])
-def test_rope_epilogue_stores_as_rope_qkv(split, unnormed):
+def test_rope_epilogue_stores_as_rope_qkv(split):
     """ROPE: a one-token [Q; K; V] projection rotated and stored by the GEMV's epilogue as the
     kernel's plain product and rope_qkv store it: Q to q, K and V into the caches' row at the
-    position and nowhere else; as one Q4_K weight or Q+K (Q4_K) and V (Q6_K), x a tensor or
-    an Unnormed (NORM_IN with ROPE: the capped registers' variant where it needs one)."""
+    position and nowhere else; as one Q4_K weight or Q+K (Q4_K) and V (Q6_K) (on an H100 the
+    Q4_K variant runs with its registers capped: kquant_imma_gemv.cu's MIN_BLOCKS)."""
     from impdiff.engine.model import rope_angles
     from impdiff.kernels.norm_rope import rope_qkv
 
@@ -307,8 +205,7 @@ def test_rope_epilogue_stores_as_rope_qkv(split, unnormed):
     weights = ([_weight((n_q + n_kv) * d, k, "cuda", seed=22),
                 _weight(n_kv * d, k, "cuda", seed=23, qtype=T.Q6_K)] if split
                else [_weight((n_q + 2 * n_kv) * d, k, "cuda", seed=22)])
-    x = (_unnormed(k, "cuda", seed=24)[0] if unnormed
-         else torch.randn(k, device="cuda", generator=torch.Generator("cuda").manual_seed(24)))
+    x = torch.randn(k, device="cuda", generator=torch.Generator("cuda").manual_seed(24))
     positions = torch.tensor([5], dtype=torch.int32, device="cuda")
     cos, sin = rope_angles(torch.arange(16, device="cuda"), d, 10000.0, 1.0, None)
     cfg = mma_gemv.MmaConfig(8, 1, 1, 8, "i8")

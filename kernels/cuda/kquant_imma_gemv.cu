@@ -52,20 +52,6 @@
 #ifndef Q6K
 #define Q6K 0
 #endif
-// An RMSNorm between two GEMVs without a kernel of its own (norm_rope.Unnormed):
-// NORM_OUT, the product h = W a is added into the residual stream (x_out = x + h) and leaves
-// as u = x_out * weight with each block's share of sum(x_out^2); NORM_IN, the activation is
-// such a u: its groups are staged as they are and their dx and sums times 1 / rms. The i8
-// quantisation of a group scales with it, so u * rstd staged is y staged to rounding. The
-// norm's kernel (3.7 us on the decode path, 65 a step) and its place in the chain of
-// dependent launches are gone; what remains is an add and a square a row, and a block's sum.
-#ifndef NORM_OUT
-#define NORM_OUT 0
-#endif
-#ifndef NORM_IN
-#define NORM_IN 0
-#endif
-#define NORM_PARTS 256  // most blocks of a NORM_OUT grid (mma_gemv.NORM_PARTS)
 // ROPE: the rows are those of a fused [Q; K; V] projection for one token (from row rope_row0
 // on): Q's and K's rotated (pairs 2i, 2i + 1: llama's GGUF order) and stored as rope_qkv
 // (norm_rope.py) stores them, Q to q_out, K and V into the fp16 caches' row at the position.
@@ -73,7 +59,7 @@
 #ifndef ROPE
 #define ROPE 0
 #endif
-static_assert(!(NORM_OUT && ACT) && !(ROPE && (ACT || NORM_OUT)), "one epilogue a product");
+static_assert(!(ROPE && ACT), "RoPE follows a plain product");
 
 __device__ __forceinline__ void imma(int (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
                                      uint32_t a3, uint32_t b0, uint32_t b1) {
@@ -163,9 +149,9 @@ __device__ __forceinline__ Rows load_rows(const Base& a, int tt, uint64_t pol) {
   return r;
 }
 
-// MIN_BLOCKS (the launcher's, for a variant with the flags above): registers capped so that an
-// SM holds as many blocks as of the plain kernel, where the flags' code took more (named only
-// then: ptxas allocates differently even for a cap it would meet anyway)
+// MIN_BLOCKS (the launcher's, for the ROPE variant): registers capped so that an SM holds as
+// many blocks as of the plain kernel, where the epilogue took more (named only then: ptxas
+// allocates differently even for a cap it would meet anyway)
 #ifdef MIN_BLOCKS
 #define BOUNDS __launch_bounds__(WARPS * 32, MIN_BLOCKS)
 #else
@@ -177,10 +163,7 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
                  const uint32_t* __restrict__ q, const uint8_t* __restrict__ s,
                  const void* __restrict__ b, const uint32_t* __restrict__ sd, int n, int tiles,
                  int tiles_per_split, int stride_q, int stride_s, int stride_b, int stride_sd,
-                 float alpha, const float* __restrict__ resid, float* __restrict__ resid_out,
-                 const float* __restrict__ norm_w, float* __restrict__ unnormed,
-                 float* __restrict__ ss_out, const float* __restrict__ ss_in, int n_ss,
-                 float eps, const int* __restrict__ positions, const float* __restrict__ rope_cos,
+                 float alpha, const int* __restrict__ positions, const float* __restrict__ rope_cos,
                  const float* __restrict__ rope_sin, float* __restrict__ q_out,
                  __half* __restrict__ k_cache, __half* __restrict__ v_cache, int rope_row0,
                  int q_rows, int k_rows, int head_dim, int n_rot, int cache_stride) {
@@ -222,30 +205,20 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
       acc[r][0] = acc[r][1] = 0.0f;
     }
   };
-#if NORM_OUT || ROPE
-  // what the epilogue reads besides the product, per row (NORM_OUT: the residual and the norm
-  // weight; ROPE: the row's cos and sin), loaded while the task runs: no round trip to L2
-  // between its product and its stores
-  float extra[ROW_BLOCKS][2][2];
-#if NORM_OUT
-  float ss = 0.0f;  // this lane's rows' share of sum(x_out^2)
-#else
+#if ROPE
+  // each row's cos and sin (1, 0 for V and past n_rot), loaded while the task runs: no round
+  // trip to L2 between its product and its stores
+  float turn[ROW_BLOCKS][2][2];
   int pos = 0;
-#endif
-  auto prefetch_epilogue = [&] {
+  auto prefetch_turns = [&] {
 #pragma unroll
     for (int r = 0; r < ROW_BLOCKS; r++)
 #pragma unroll
       for (int h = 0; h < 2; h++) {
-#if NORM_OUT
-        extra[r][h][0] = __ldcg(resid + row[r][h]);
-        extra[r][h][1] = norm_w[row[r][h]];
-#elif ROPE
         const int d = (rope_row0 + row[r][h]) % head_dim, i = pos * (n_rot / 2) + d / 2;
         const bool turns = d < n_rot && rope_row0 + row[r][h] < q_rows + k_rows;
-        extra[r][h][0] = turns ? rope_cos[i] : 1.0f;
-        extra[r][h][1] = turns ? rope_sin[i] : 0.0f;
-#endif
+        turn[r][h][0] = turns ? rope_cos[i] : 1.0f;
+        turn[r][h][1] = turns ? rope_sin[i] : 0.0f;
       }
   };
 #endif
@@ -257,35 +230,10 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   copy_async(raw, x + (size_t)t_lo * 256, nt * 64);
 #if ROPE
   pos = __ldcg(positions);  // (the step's position: a buffer the graph fills)
-#endif
-#if NORM_OUT || ROPE
-  if (task < w.count) prefetch_epilogue();  // (the residual: an earlier kernel's output)
-#endif
-#if NORM_IN
-  // the producer's block sums (at most NORM_PARTS, zero-padded to 16 bytes) copied beside x:
-  // a copy holds no registers, where loads here cost 13 over the whole kernel (Q4_K 8/1/1/8:
-  // three blocks an SM to two)
-  __shared__ __align__(16) float ss_parts[NORM_PARTS];
-  for (int i = 4 * threadIdx.x; i < n_ss; i += 4 * WARPS * 32) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(ss_parts + i);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(d), "l"(ss_in + i) : "memory");
-  }
-  asm volatile("cp.async.commit_group;" ::: "memory");
+  if (task < w.count) prefetch_turns();
 #endif
   asm volatile("cp.async.wait_all;" ::: "memory");
   __syncthreads();
-#if NORM_IN
-  // every warp adds the sums in one order, so every block scales by the same float
-  const float rstd = [&] {
-    float sum = 0.0f;
-    for (int i = lane; i < n_ss; i += 32) sum += ss_parts[i];
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(FULL, sum, o);
-    return 1.0f / sqrtf(sum / (float)(tiles * 256) + eps);
-  }();
-#else
-  constexpr float rstd = 1.0f;
-#endif
   // stage the activation: a warp per super-block, four lanes per group (lane: group j = lane
   // / 4, positions 8u..8u+7, u = lane % 4; Q6_K: groups j and 8 + j as one)
   for (int tt = warp; tt < nt; tt += WARPS) {
@@ -307,7 +255,7 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
     }
     // a group of (near) zeros stays zero rather than scaling by an infinite 1 / dx
     const bool live = amax > 1e-30f;
-    const float inv = live ? LIMIT / amax : 0.0f, dx = live ? amax / LIMIT * rstd : 0.0f;
+    const float inv = live ? LIMIT / amax : 0.0f, dx = live ? amax / LIMIT : 0.0f;
     uint32_t hi[2] = {0, 0}, lo[2] = {0, 0};
     int qsum = 0;
 #pragma unroll
@@ -345,7 +293,7 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
     if (u == 0) {
       float* pair = reinterpret_cast<float*>(xds + tt * PARAMS + e);
       pair[o] = o ? dx * 0.0625f : dx;  // the odd groups' fields are read 16 times too large
-      pair[2 + o] = sum * rstd;
+      pair[2 + o] = sum;
     }
 #endif
   }
@@ -468,22 +416,12 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
     if (first0 + r * STEP < rows_out && t == 0 && w.kpart == 0) {
 #if ACT
       out[row[r][0]] = activate(val[r][0] * alpha) * (val[r][1] * alpha);
-#elif NORM_OUT
-#pragma unroll
-      for (int h = 0; h < 2; h++) {
-        const int i = row[r][h];
-        const float v = extra[r][h][0] + val[r][h] * alpha;
-        resid_out[i] = v;
-        unnormed[i] = v * extra[r][h][1];
-        // a partial last row block's rows before its nominal start are the previous one's
-        if (i >= first0 + r * STEP) ss = fmaf(v, v, ss);
-      }
 #elif ROPE
 #pragma unroll
       for (int h = 0; h < 2; h++) {
         const int i = rope_row0 + row[r][h];
         const float v = val[r][h] * alpha, m = mate[r][h] * alpha;
-        const float c = extra[r][h][0], sn = extra[r][h][1];  // 1, 0: V, and dims past n_rot
+        const float c = turn[r][h][0], sn = turn[r][h][1];
         const float y = (i & 1) ? m * sn + v * c : v * c - m * sn;
         if (i < q_rows)
           q_out[i] = y;
@@ -500,25 +438,9 @@ kquant_imma_gemv(const float* __restrict__ x, float* __restrict__ out,
   }
   if (task + w.stride < w.count) {
     start(task + w.stride);
-#if NORM_OUT || ROPE
-    prefetch_epilogue();
+#if ROPE
+    prefetch_turns();
 #endif
   }
   }
-#if NORM_OUT
-  // the block's sum of squares in a fixed order: the same floats every replay
-  __shared__ float warp_ss[WARPS];
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) ss += __shfl_xor_sync(FULL, ss, o);
-  if (lane == 0) warp_ss[warp] = ss;
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float block = 0.0f;
-#pragma unroll
-    for (int k = 0; k < WARPS; k++) block += warp_ss[k];
-    ss_out[blockIdx.x] = block;
-  }
-  // zeros to a whole 16 bytes (a reader copies the sums in 16-byte pieces)
-  if (blockIdx.x == 0 && threadIdx.x < (4 - gridDim.x % 4) % 4) ss_out[gridDim.x + threadIdx.x] = 0.0f;
-#endif
 }
