@@ -1,16 +1,16 @@
 # Stop 23 h2 (prepared, not run): after h1 on the same warm machine (/tmp/l8q4.gguf, /tmp/s22
-# kept). h1's tg128 round again (the fusions none, norm, norm + branches, all); greedy tokens with the fusions off and all on, and the top two logits where they part;
-# where the step's time goes with them on (expect 1 norm kernel in place of 65, no RoPE
-# kernel, and V off the path) and off; the GPU tests with no tuning table (Q6_K and the gated product on the i8
-# kernel, the rest on Triton: a norm deferred only where every reader is i8); the NormAfter
-# patch's own tests.
+# kept). h1's tg128 round again (the fusions none, branches, rope, all); greedy tokens with the
+# fusions off and all on, and the top two logits where they part; where the step's time goes
+# with them on (expect no RoPE kernel, and V off the path) and off; the GPU tests with no
+# tuning table (Q6_K and the gated product on the i8 kernel, the rest on Triton: RoPE stays a
+# kernel where a QKV product is not on the i8 kernel); the NormAfter patch's own tests.
 source benchmarks/device_env.sh
 export IMPDIFF_SYNTHETIC_DIR=$PWD/.carry/synth
 export IMPDIFF_MMA_TABLE=$PWD/kernels/tuning/NVIDIA_H100_80GB_HBM3.mma.json IMPDIFF_GEMV_TABLE=$PWD/kernels/tuning/NVIDIA_H100_80GB_HBM3.json
 [ -f /tmp/l8q4.gguf ] || python -m impdiff.testing.shapes llama3-8b Q4_K_M /tmp/l8q4.gguf > /dev/null
 nvidia-smi --query-gpu=name --format=csv,noheader | grep -q H100 || BW=4800
 BENCH="bench -m /tmp/l8q4.gguf --device cuda --runtimes engine -p 0 -n 128 -r 3 --bandwidth ${BW:-3350}"
-for f in "" norm norm,branches all; do
+for f in "" branches rope all; do
   IMPDIFF_FUSIONS=$f impdiff $BENCH 2>&1 | grep -E "tg128|rror" | sed "s/^/fusions ${f:-none} /" | tee -a $OUT/h2_bench.txt
 done
 ON="env IMPDIFF_FUSIONS=all"
