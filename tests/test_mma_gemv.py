@@ -196,12 +196,12 @@ def test_gated_epilogue_matches_reference(act, config, operands, qtype):
 def test_rope_epilogue_stores_as_rope_qkv(split):
     """ROPE: a one-token [Q; K; V] projection rotated and stored by the GEMV's epilogue as the
     kernel's plain product and rope_qkv store it: Q to q, K and V into the caches' row at the
-    position and nowhere else; as one Q4_K weight or Q+K (Q4_K) and V (Q6_K) (on an H100 the
-    Q4_K variant runs with its registers capped: kquant_imma_gemv.cu's MIN_BLOCKS)."""
+    position and nowhere else; as one Q4_K weight or Q+K (Q4_K) and V (Q6_K)."""
     from impdiff.engine.model import rope_angles
     from impdiff.kernels.norm_rope import rope_qkv
 
-    n_q, n_kv, d, k = 8, 2, 64, 1024
+    n_q, n_kv, d, k = 32, 8, 128, 1024  # the 8B's heads: 320 to 384 row blocks, more than
+    # the SMs hold at the epilogue's registers (its variant with the plain kernel's residency)
     weights = ([_weight((n_q + n_kv) * d, k, "cuda", seed=22),
                 _weight(n_kv * d, k, "cuda", seed=23, qtype=T.Q6_K)] if split
                else [_weight((n_q + 2 * n_kv) * d, k, "cuda", seed=22)])
