@@ -1,3 +1,5 @@
+# Superseded by scripts/stop23/h1.sh and h2.sh, which apply the patch to stop 22's own tree
+# (.carry/stop22.tar): it no longer applies to the current tree, and .carry/base.tar is gone.
 # Stop 22 h3 (prepared, not run: no machine was lent after h2): the step's residual add and
 # RMSNorm in the i8 GEMV's last block (NormAfter, scripts/stop22/norm_in_last_block.patch).
 # 8B Q4_K_M tg128, rounds interleaved on one machine: stop 21's tree (.carry/base.tar), the
