@@ -161,8 +161,8 @@ def defines(cfg: MmaConfig, act: int, pdl: bool, fmt: str = "q4_k",
 def _kernel(device: torch.device, cfg: MmaConfig, act: int, pdl: bool, fmt: str = "q4_k",
             flags: frozenset[str] = frozenset(), min_blocks: int | None = None
             ) -> cuda_driver.Kernel:
-    source, arch, defines = build_args(device, cfg, act, pdl, fmt, flags, min_blocks)
-    return cuda_driver.Kernel(cuda_driver.compile_cubin(source, arch, defines), source.stem,
+    source, arch, macros = build_args(device, cfg, act, pdl, fmt, flags, min_blocks)
+    return cuda_driver.Kernel(cuda_driver.compile_cubin(source, arch, macros), source.stem,
                               device)
 
 
