@@ -191,6 +191,26 @@ def test_gated_epilogue_matches_reference(act, config, operands, qtype):
     assert _rel_err(got, expected) < 2e-6
 
 
+def test_the_rope_epilogue_takes_only_what_it_can_store():
+    """takes_rope: the i8 kernel in one split, whole row blocks, pairs at even rows, fp16
+    caches of K's width, a float32 Q buffer and cos/sin of n_rot / 2 columns."""
+    n_q, n_kv, d = 4, 2, 64
+    w = _weight((n_q + 2 * n_kv) * d, 256, "cpu")
+    cos = torch.zeros(8, d // 2)
+    rope = mma_gemv.RopeAfter(torch.zeros(1, dtype=torch.int32), cos, cos.clone(),
+                              torch.zeros(1, n_q, d), torch.zeros(8, n_kv, d, dtype=torch.half),
+                              torch.zeros(8, n_kv, d, dtype=torch.half), n_q * d, n_kv * d, d, d)
+    i8 = mma_gemv.MmaConfig(8, 1, 1, 8, "i8")
+    assert mma_gemv.takes_rope(i8, w, rope)
+    assert not mma_gemv.takes_rope(mma_gemv.MmaConfig(8, 1, 2, 4, "i8"), w, rope)  # split K
+    assert not mma_gemv.takes_rope(mma_gemv.MmaConfig(8, 1, 1), w, rope)  # the f16 kernel
+    assert not mma_gemv.takes_rope(i8, w, replace(rope, row0=1))  # pairs across rows
+    assert not mma_gemv.takes_rope(i8, w, replace(rope, row0=2))  # rows past V
+    assert not mma_gemv.takes_rope(i8, w, replace(rope, k_cache=rope.k_cache.float()))
+    assert not mma_gemv.takes_rope(i8, w, replace(rope, cos=torch.zeros(8, d)))
+    assert not mma_gemv.takes_rope(i8, _weight(8 * d - 8, 256, "cpu"), rope)  # a part block
+
+
 @needs_gpu
 @pytest.mark.parametrize("split", [False, True], ids=["qkv", "qk+v"])
 def test_rope_epilogue_stores_as_rope_qkv(split):
