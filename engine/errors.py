@@ -11,3 +11,7 @@ class ModelLoadError(Exception):
 
 class UnsupportedArchitectureError(ModelLoadError):
     """The file declares an architecture the engine does not implement."""
+
+
+class SettingError(Exception):
+    """An environment setting of the engine or its kernels has a value they cannot use."""

@@ -27,7 +27,7 @@ import torch
 
 from ..kernels.activation import gated_activation
 from ..kernels.attention import attention, decode_splits
-from ..kernels.launch import fused
+from ..kernels.launch import fused, fusions
 from ..kernels.norm_rope import residual_norm, rope, rope_qkv
 from ..kernels.quant_matmul import (PackedWeight, RopeAfter, concat_rows, qgemv, qgemv_gated,
                                     qgemv_rope, qmatmul, rope_epilogues)
@@ -76,6 +76,7 @@ def _fuse(weights: list[PackedWeight]) -> list[PackedWeight]:
 
 class FastTransformer:
     def __init__(self, cfg: ModelConfig, gf: GGUFFile, device: torch.device, max_ctx: int):
+        fusions()  # a bad IMPDIFF_FUSIONS stops here, not in the middle of a step
         reason = unsupported_reason(cfg)
         if reason:
             raise ModelLoadError(f"{gf.path}: the fast path does not run {reason}; use the "

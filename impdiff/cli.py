@@ -775,11 +775,11 @@ def _print_ab(outcome) -> None:
 
 def main() -> None:
     """Console entry point: map bad input to one line and exit code 2."""
-    from .engine.errors import ModelLoadError
+    from .engine.errors import ModelLoadError, SettingError
 
     try:
         app()
-    except (UsageError, ModelLoadError) as exc:
+    except (UsageError, ModelLoadError, SettingError) as exc:
         print(f"impdiff: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except KeyboardInterrupt:

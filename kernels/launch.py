@@ -28,6 +28,8 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from ..engine.errors import SettingError
+
 PDL_ENV = "IMPDIFF_PDL"
 FUSIONS_ENV = "IMPDIFF_FUSIONS"
 FUSIONS = ("branches", "rope")
@@ -56,7 +58,12 @@ def tuning_table(env: str, suffix: str) -> dict:
 def fused(name: str) -> bool:
     """Whether $IMPDIFF_FUSIONS turns on the fusion `name` (one of FUSIONS)."""
     assert name in FUSIONS, name
-    return name in _fusions(os.environ.get(FUSIONS_ENV, ""))
+    return name in fusions()
+
+
+def fusions() -> frozenset[str]:
+    """The fusions $IMPDIFF_FUSIONS turns on; SettingError for a name it does not know."""
+    return _fusions(os.environ.get(FUSIONS_ENV, ""))
 
 
 @functools.cache
@@ -66,8 +73,8 @@ def _fusions(value: str) -> frozenset[str]:
         return frozenset(FUSIONS)
     unknown = sorted(names - set(FUSIONS))
     if unknown:
-        raise ValueError(f"{FUSIONS_ENV}: unknown fusion {unknown[0]!r} (expected a comma-"
-                         f"separated list of {', '.join(FUSIONS)}, or all)")
+        raise SettingError(f"{FUSIONS_ENV}: unknown fusion {unknown[0]!r} (expected a "
+                           f"comma-separated list of {', '.join(FUSIONS)}, or all)")
     return frozenset(names)
 
 

@@ -60,6 +60,17 @@ def test_unknown_tap_and_fault_names(synth_model):
     assert_one_line_error(impdiff("run", "--model", path, "--inject", "nope"), "unknown fault")
 
 
+def test_an_unknown_fusion_is_one_line_before_the_run(synth_model):
+    import os
+
+    env = {**os.environ, "IMPDIFF_FUSIONS": "rope,bogus", "TRITON_INTERPRET": "1"}
+    proc = subprocess.run([sys.executable, "-m", "impdiff", "bench", "-m",
+                           str(synth_model("llama")), "--runtimes", "engine", "--engine-path",
+                           "fast", "--device", "cpu", "-p", "0", "-n", "1", "-r", "1"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert_one_line_error(proc, "impdiff: error: IMPDIFF_FUSIONS", "'bogus'", "branches, rope")
+
+
 @requires_llama_cpp
 @pytest.mark.parametrize("inject, expected", [(None, 0), ("swa-on-global", 1)])
 def test_diff_exit_code_follows_the_verdict(synth_model, tmp_path, inject, expected):

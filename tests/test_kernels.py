@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from impdiff.engine import model as ref
+from impdiff.engine.errors import SettingError
 from impdiff.engine.packed import PACKED_TYPES, pack_gguf, pack_nvfp4
 from impdiff.engine.quants import dequantize as reference_dequantize
 from impdiff.kernels.activation import gated_activation
@@ -359,7 +360,7 @@ def test_fusions_switch_on_by_name_or_all_and_refuse_unknown_names(monkeypatch):
     monkeypatch.setenv(FUSIONS_ENV, "all")
     assert all(fused(name) for name in FUSIONS)
     monkeypatch.setenv(FUSIONS_ENV, "branches,ropes")
-    with pytest.raises(ValueError, match="unknown fusion 'ropes'.*branches, rope"):
+    with pytest.raises(SettingError, match="unknown fusion 'ropes'.*branches, rope"):
         fused("branches")
 
 
