@@ -55,8 +55,9 @@ for name, bounds in (("[Q; K; V] one weight", [0, q_rows + 2 * k_rows]),
     for lo, hi in zip(bounds, bounds[1:]):
         epilogue(product[lo:hi], lo, q, k_cache, v_cache)
     others = np.delete(np.arange(S), pos)
+    k_row, v_row = (c.reshape(S, -1)[pos] for c in (k_cache, v_cache))
+    untouched = not k_cache.reshape(S, -1)[others].any() and not v_cache.reshape(S, -1)[others].any()
     print(f"{name}: Q {np.abs(q - want_q).max() / np.abs(want_q).max():.1e}, "
-          f"K {np.abs(k_cache[pos * k_rows:(pos + 1) * k_rows] - want_k.astype(np.float16)).max()}"
-          f", V equal {np.array_equal(v_cache[pos * k_rows:(pos + 1) * k_rows], want_v.astype(np.float16))}"
-          f", other cache rows untouched "
-          f"{not k_cache.reshape(S, -1)[others].any() and not v_cache.reshape(S, -1)[others].any()}")
+          f"K {np.abs(k_row - want_k.astype(np.float16)).max()}, "
+          f"V equal {np.array_equal(v_row, want_v.astype(np.float16))}, "
+          f"other cache rows untouched {untouched}")
