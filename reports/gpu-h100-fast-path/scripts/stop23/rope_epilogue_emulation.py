@@ -56,7 +56,7 @@ for name, bounds in (("[Q; K; V] one weight", [0, q_rows + 2 * k_rows]),
         epilogue(product[lo:hi], lo, q, k_cache, v_cache)
     others = np.delete(np.arange(S), pos)
     k_row, v_row = (c.reshape(S, -1)[pos] for c in (k_cache, v_cache))
-    untouched = not k_cache.reshape(S, -1)[others].any() and not v_cache.reshape(S, -1)[others].any()
+    untouched = not any(c.reshape(S, -1)[others].any() for c in (k_cache, v_cache))
     print(f"{name}: Q {np.abs(q - want_q).max() / np.abs(want_q).max():.1e}, "
           f"K {np.abs(k_row - want_k.astype(np.float16)).max()}, "
           f"V equal {np.array_equal(v_row, want_v.astype(np.float16))}, "
