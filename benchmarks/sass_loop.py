@@ -1,7 +1,7 @@
 """Instructions a weight value in the tensor-core K-quant GEMVs' main loop, from their sm_90 SASS.
 
     python benchmarks/sass_loop.py [--config 8/2/1/1] [--act silu] [--arch sm_90]
-        [--flags NORM_IN,ROPE] [--min-blocks 3]
+        [--flags ROPE] [--min-blocks 3]
 
 Needs nvcc and cuobjdump (CUDA_HOME, or the copy Triton ships), no GPU. Compiles each kernel of
 `mma_gemv.SOURCES` as the launcher would, finds the innermost loop holding its mma
@@ -47,8 +47,9 @@ def opcode(text: str, shape: bool = False) -> str:
     return ".".join(re.sub(r"^@!?U?P\w+\s+", "", text).split()[0].split(".")[:2 if shape else 1])
 
 
-def loop_mix(sass: str) -> tuple[int, collections.Counter]:
-    """The innermost backward branch whose body holds mma instructions: its length and mix."""
+def loop_mix(sass: str) -> tuple[int, float, collections.Counter]:
+    """The innermost backward branch whose body holds mma instructions: its length, the weight
+    values its mmas take a lane, and its mix."""
     code = [(int(m.group(1), 16), m.group(2)) for m in map(_LINE.match, sass.splitlines()) if m]
     best = None
     for at, text in code:
@@ -70,7 +71,7 @@ def main():
     ap.add_argument("--act", default="silu", choices=[k for k in mma_gemv.ACT_CODES if k] +
                     ["none"], help="the gated epilogue's activation, or none")
     ap.add_argument("--arch", default="sm_90")
-    ap.add_argument("--flags", default="", help="the i8 kernel's NORM_IN, NORM_OUT, ROPE")
+    ap.add_argument("--flags", default="", help="the i8 kernel's optional epilogue: ROPE")
     ap.add_argument("--min-blocks", type=int, help="its register cap (MIN_BLOCKS)")
     args = ap.parse_args()
     warps, row_blocks, split_k, k_warps = map(int, args.config.split("/"))

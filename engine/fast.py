@@ -182,25 +182,24 @@ class FastTransformer:
         cos, sin = self.rope_tables[self._rope_key(L)]
         neox = cfg.spec.rope_neox
         # one token, "rope" fusion: rotated, and the caches written, by the GEMVs themselves
-        q = self._qkv_rope_in_gemv(i, h, positions) if tap is None else None
+        q = self._qkv_rope_in_gemv(i, h, positions, cos, sin) if tap is None else None
         if q is None:
             qkv = _project(h, w.qkv).view(T, L.n_head + 2 * L.n_head_kv, d)
             if tap is None:  # norms, rotations and both cache writes in one kernel
                 q = rope_qkv(qkv, L.n_head, L.n_head_kv, cos, sin, positions, L.n_rot, neox,
                              self.k_cache[i], self.v_cache[i], w.q_norm, w.k_norm, cfg.rms_eps)
             else:
-                q = self._qkv_taps(i, qkv, positions, tap)
+                q = self._qkv_taps(i, qkv, positions, cos, sin, tap)
         window = cfg.sliding_window if L.swa else 0
         splits = self.splits[L.n_head_kv] if T == 1 else 1
         out = emit(tap, "kqv", i, attention(q, self.k_cache[i], self.v_cache[i], positions,
                                              cfg.attn_scale, window, 0.0, splits))
         return emit(tap, "kqv_out", i, out.reshape(T, L.n_head * d))
 
-    def _qkv_taps(self, i: int, qkv: torch.Tensor, positions: torch.Tensor,
-                  tap: TapFn) -> torch.Tensor:
+    def _qkv_taps(self, i: int, qkv: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor, tap: TapFn) -> torch.Tensor:
         """Q/K norms, rotations and cache writes one step at a time, each showing its tap."""
         cfg, L, w = self.cfg, self.cfg.layers[i], self.layers[i]
-        cos, sin = self.rope_tables[self._rope_key(L)]
         neox = cfg.spec.rope_neox
         q, k, v = qkv.split([L.n_head, L.n_head_kv, L.n_head_kv], dim=1)
         q, k, v = (emit(tap, name, i, t) for name, t in (("Qcur", q), ("Kcur", k),
@@ -214,8 +213,8 @@ class FastTransformer:
             rope(t, cos, sin, positions, 0, neox, out=cache)  # n_rot 0: a copy into rows
         return q
 
-    def _qkv_rope_in_gemv(self, i: int, h: torch.Tensor,
-                          positions: torch.Tensor) -> torch.Tensor | None:
+    def _qkv_rope_in_gemv(self, i: int, h: torch.Tensor, positions: torch.Tensor,
+                          cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor | None:
         """One token's Q [1, n_head, head_dim], with the "rope" fusion where every QKV product
         runs on the i8 kernel (and no Q/K norm, llama's pairs): the GEMVs rotate Q and K and
         write K and V into the caches. None where they cannot."""
@@ -225,7 +224,6 @@ class FastTransformer:
         x = h.reshape(-1)
         d = L.head_dim
         q = torch.empty(1, L.n_head, d, device=self.device, dtype=torch.float32)
-        cos, sin = self.rope_tables[self._rope_key(L)]
         parts = rope_epilogues(x, w.qkv, RopeAfter(positions, cos, sin, q, self.k_cache[i],
                                                    self.v_cache[i], L.n_head * d,
                                                    L.n_head_kv * d, d, L.n_rot))
